@@ -1,0 +1,148 @@
+"""The train step: all four networks and optimizers move, isolation, determinism, learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from jaxgan import train
+
+
+def _batch(seed=0, size=32, n=1):
+    ka, kb = jax.random.split(jax.random.PRNGKey(seed))
+    return {
+        "A": jax.random.uniform(ka, (n, size, size, 3), minval=-1, maxval=1),
+        "B": jax.random.uniform(kb, (n, size, size, 3), minval=-1, maxval=1),
+    }
+
+
+def _state(**overrides):
+    return train.create_train_state(tiny_config(**overrides), jax.random.PRNGKey(0))
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(np.array, tree)
+
+
+def _equal(a, b) -> bool:
+    return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))
+
+
+def test_state_holds_four_networks_four_optimizers_pools_rng():
+    s = _state()
+    assert set(s.params) == set(s.opt_state) == {"g_ab", "g_ba", "d_a", "d_b"}
+    assert s.pool_a.images.shape == (4, 32, 32, 3) and s.pool_b.images.shape == (4, 32, 32, 3)
+    assert s.step.dtype == jnp.int32 and int(s.step) == 0
+    # Distinct initialisations for the two generators / two discriminators.
+    assert not _equal(s.params["g_ab"], s.params["g_ba"])
+    assert not _equal(s.params["d_a"], s.params["d_b"])
+
+
+def test_one_step_changes_all_params_and_opt_states():
+    s0 = _state()
+    before = _copy((s0.params, s0.opt_state))
+    s1, metrics = train.train_step(s0, _batch())
+    for name in train.NETS:
+        assert not _equal(before[0][name], s1.params[name]), name
+        assert not _equal(before[1][name], s1.opt_state[name]), name
+    assert int(s1.step) == 1
+    expected = {
+        "loss_gan_ab", "loss_gan_ba", "loss_cycle_a", "loss_cycle_b", "loss_idt_ab", "loss_idt_ba",
+        "loss_g_total", "loss_d_a", "loss_d_b", "d_a_real", "d_a_fake", "d_b_real", "d_b_fake", "lr",
+    }  # fmt: skip
+    assert set(metrics) == expected
+    assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+    assert float(metrics["lr"]) == pytest.approx(2e-4)
+    total = sum(float(metrics[k]) for k in expected if k.startswith("loss_") and k not in ("loss_g_total",)
+                and not k.startswith("loss_d"))  # fmt: skip
+    assert float(metrics["loss_g_total"]) == pytest.approx(total, rel=1e-5)
+
+
+def test_inert_biases_stay_frozen_and_can_be_trained():
+    s1, _ = train.train_step(_state(), _batch())
+    assert not np.any(np.asarray(s1.params["g_ab"]["res_0"]["conv_0"]["bias"]))
+    assert np.any(np.asarray(s1.params["g_ab"]["conv_out"]["bias"]))
+    s1, _ = train.train_step(_state(freeze_inert_biases=False), _batch())
+    assert np.any(np.asarray(s1.params["g_ab"]["res_0"]["conv_0"]["bias"]))
+
+
+def test_generator_update_leaves_discriminators_alone():
+    s0 = _state()
+    d_before = _copy(({k: s0.params[k] for k in ("d_a", "d_b")}, {k: s0.opt_state[k] for k in ("d_a", "d_b")}))
+    g_before = _copy({k: s0.params[k] for k in ("g_ab", "g_ba")})
+    s1, _, fakes = jax.jit(train.generator_update)(s0, _batch())
+    assert _equal(d_before, ({k: s1.params[k] for k in ("d_a", "d_b")}, {k: s1.opt_state[k] for k in ("d_a", "d_b")}))
+    assert not _equal(g_before["g_ab"], s1.params["g_ab"]) and not _equal(g_before["g_ba"], s1.params["g_ba"])
+    assert fakes["A"].shape == fakes["B"].shape == (1, 32, 32, 3)
+
+
+def test_discriminator_update_leaves_generators_alone():
+    s0 = _state()
+    batch = _batch()
+    g_before = _copy(({k: s0.params[k] for k in ("g_ab", "g_ba")}, {k: s0.opt_state[k] for k in ("g_ab", "g_ba")}))
+    fakes = {"A": batch["B"] * 0.5, "B": batch["A"] * 0.5}
+    s1, _ = jax.jit(train.discriminator_update)(s0, batch, fakes)
+    assert _equal(
+        g_before, ({k: s1.params[k] for k in ("g_ab", "g_ba")}, {k: s1.opt_state[k] for k in ("g_ab", "g_ba")})
+    )
+    assert not _equal(s0.params["d_a"], s1.params["d_a"])
+    assert int(s1.pool_a.count) == 1 and int(s1.pool_b.count) == 1
+
+
+def test_discriminator_gradient_does_not_reach_generators_through_fakes():
+    # The D loss must see the fakes as constants: its gradient w.r.t. a G parameter is exactly zero.
+    s0 = _state()
+    batch = _batch()
+    cfg = s0.config
+
+    def d_loss_through_g(g_params):
+        fake_b = cfg.generator.apply({"params": g_params}, batch["A"])
+        fakes = {"A": batch["B"], "B": fake_b}
+        _, metrics = train.discriminator_update(s0, batch, fakes)
+        return metrics["loss_d_b"]
+
+    grads = jax.grad(d_loss_through_g)(s0.params["g_ab"])
+    assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_identity_weight_zero_drops_the_identity_terms():
+    _, metrics = train.train_step(_state(lambda_identity=0.0), _batch())
+    assert "loss_idt_ab" not in metrics and "loss_idt_ba" not in metrics
+
+
+def test_determinism_bitwise():
+    def run():
+        s = _state()
+        for i in range(2):
+            s, _ = train.train_step(s, _batch(i))
+        return _copy((s.params, s.opt_state, s.pool_a, s.pool_b, s.rng))
+
+    assert _equal(run(), run())
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "hinge"])
+def test_other_gan_modes_step(mode):
+    _, metrics = train.train_step(_state(gan_mode=mode), _batch())
+    assert all(bool(jnp.isfinite(v)) for v in metrics.values())
+
+
+def test_bad_config_values_are_clear_errors():
+    with pytest.raises(ValueError, match="gan_mode"):
+        _state(gan_mode="wgan")
+    with pytest.raises(ValueError, match="dtype"):
+        _state(**{"model.dtype": "float8"})
+
+
+def test_a_few_steps_on_a_fixed_pair_reduce_the_cycle_loss():
+    # Two fixed smooth images; the cycle loss must fall clearly within a few steps.
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    a = np.stack([xx, yy, xx * yy], -1)[None] * 2 - 1
+    b = np.stack([1 - yy, xx, 0.5 * np.ones_like(xx)], -1)[None] * 2 - 1
+    batch = {"A": jnp.asarray(a, jnp.float32), "B": jnp.asarray(b, jnp.float32)}
+    s = _state(lr=1e-3)
+    cycles = []
+    for _ in range(25):
+        s, m = train.train_step(s, batch)
+        cycles.append(float(m["loss_cycle_a"]) + float(m["loss_cycle_b"]))
+    assert np.mean(cycles[-3:]) < 0.5 * np.mean(cycles[:3]), cycles
