@@ -1,7 +1,7 @@
 """CycleGAN on horse2zebra with the paper's settings (Zhu et al. 2017, section 4 / appendix 7).
 
 Variants: ``horse2zebra.py`` (paper), ``horse2zebra.py:demo`` (synthetic pair,
-small, minutes on a CPU). Every field can be overridden on the command line,
+small, minutes on a CPU), ``horse2zebra.py:tiny`` (seconds; smoke tests). Every field can be overridden on the command line,
 e.g. ``--config.batch_size=4``.
 """
 
@@ -47,6 +47,23 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.crop_size = 256
     config.preprocess = "resize_and_crop"
     config.flip = True
+    config.synthetic_seed = 0  # the synthetic pair (dataset="synthetic"): scenes per split
+    config.synthetic_num_train = 400
+    config.synthetic_num_test = 50
+
+    # Run length, logging, checkpoints.
+    config.num_train_steps = 0  # > 0: stop after this many steps instead of the epoch count
+    config.log_every_steps = 100
+    config.sample_every_steps = 1000
+    config.num_sample_images = 4
+    config.checkpoint_every_steps = 5000
+    config.keep_checkpoints = 3
+    config.results_max_images = 0  # 0: translate the whole test splits for the results page
+
+    # Devices: a mesh over all devices of all processes; the batch is split along "data".
+    config.mesh_shape = (-1,)
+    config.mesh_axes = ("data",)
+    config.partition_rules = ()  # (regex on parameter path, PartitionSpec) for model parallelism
 
     if variant == "demo":
         config.model.ngf = 32
@@ -58,6 +75,22 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.steps_per_epoch = 100
         config.num_epochs = 10
         config.num_epochs_decay = 10
+    elif variant == "tiny":  # a seconds-long smoke run (tests, CI): tiny nets, 32x32 synthetic images
+        config.model.ngf = 8
+        config.model.n_blocks = 2
+        config.model.ndf = 8
+        config.dataset = "synthetic"
+        config.synthetic_num_train = 16
+        config.synthetic_num_test = 4
+        config.load_size = 36
+        config.crop_size = 32
+        config.pool_size = 4
+        config.num_epochs = 1
+        config.num_epochs_decay = 1
+        config.log_every_steps = 2
+        config.sample_every_steps = 4
+        config.checkpoint_every_steps = 4
+        config.num_sample_images = 2
     elif variant:
-        raise ValueError(f"Unknown config variant {variant!r}; known: 'demo'.")
+        raise ValueError(f"Unknown config variant {variant!r}; known: 'demo', 'tiny'.")
     return config

@@ -1,0 +1,170 @@
+"""Orbax checkpoints of the whole ``TrainState``: save, restore-latest with fallback, config check.
+
+Layout of a run directory::
+
+    WORKDIR/config.json        the full experiment config (written once, checked on restore)
+    WORKDIR/checkpoints/<step>/ Orbax checkpoints (params, four Adam states, pools, RNG, step)
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a crash (even ``kill -9``) mid-save leaves no half-written
+checkpoint under a step name; if the newest one is unreadable anyway (e.g. a
+damaged disk), :meth:`Checkpointer.restore_latest` warns and falls back to the
+previous one. The data position needs no saving: the input stream is a pure
+function of the step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+# Fields that fix the shapes of what a checkpoint holds; any difference makes it unrestorable.
+SHAPE_FIELDS = (
+    "model.ngf",
+    "model.n_blocks",
+    "model.ndf",
+    "model.n_layers_d",
+    "model.norm_affine",
+    "pool_size",
+    "crop_size",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the reason and what to do."""
+
+
+def _get(config: dict, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def config_to_dict(config: ml_collections.ConfigDict | dict) -> dict:
+    """A JSON-safe plain dict of a config."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=str))
+
+
+def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Write ``WORKDIR/config.json`` (atomically: write then rename)."""
+    path = pathlib.Path(workdir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_config(workdir: str | pathlib.Path) -> dict | None:
+    """The saved config of a run as a dict, or None when there is none."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def check_compatible(saved: dict, config: ml_collections.ConfigDict | dict) -> None:
+    """Raise :class:`CheckpointError` naming every shape-relevant field that differs."""
+    current = config_to_dict(config)
+    diffs = [
+        f"{f}: checkpoint has {_get(saved, f)!r}, config has {_get(current, f)!r}"
+        for f in SHAPE_FIELDS
+        if _get(saved, f) != _get(current, f)
+    ]
+    if diffs:
+        raise CheckpointError(
+            "The run directory holds checkpoints of an incompatible model:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the same values (drop the overrides), or a new --workdir to start a fresh run."
+        )
+
+
+class Checkpointer:
+    """Orbax ``CheckpointManager`` over ``WORKDIR/checkpoints`` keeping the last ``keep``.
+
+    Saves are asynchronous (the step loop goes on while the files are written);
+    all processes must call :meth:`save` and :meth:`restore_latest` together.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            cleanup_tmp_directories=True,  # drop what a killed save left behind
+            enable_async_checkpointing=async_save,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: PyTree, force: bool = False) -> bool:
+        """Start saving ``state`` as ``step``; returns whether a save started."""
+        if step in self.manager.all_steps():
+            return False
+        return bool(self.manager.save(step, args=ocp.args.StandardSave(state), force=force))
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target: PyTree) -> PyTree:
+        """Restore ``step`` into the structure, shapes, dtypes and shardings of ``target``.
+
+        ``target`` may be a concrete state or a tree of ``jax.ShapeDtypeStruct``
+        with ``sharding`` set, which is what makes a checkpoint written on N
+        devices restore on M devices.
+        """
+        abstract = jax.tree_util.tree_map(_abstract_leaf, target)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_latest(self, target: PyTree) -> tuple[PyTree | None, int | None]:
+        """Restore the newest readable checkpoint; (None, None) when there is none.
+
+        An unreadable checkpoint is skipped with a warning and the next older one
+        is tried; if none can be read, :class:`CheckpointError` is raised.
+        """
+        steps = self.all_steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                return self.restore(step, target), step
+            except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
+                failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                log.warning("Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
+                            step, self.directory, failures[-1])  # fmt: skip
+        if failures:
+            raise CheckpointError(
+                f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures)
+                + "\nMove the directory away to start afresh."
+            )  # fmt: skip
+        return None, None
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _abstract_leaf(x: Any) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)

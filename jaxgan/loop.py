@@ -1,0 +1,341 @@
+"""``train_and_evaluate(config, workdir)``: the one place that ties the pieces together.
+
+config -> input pipeline -> sharded train step -> checkpoints / logs / samples ->
+results page. Only this module (and the entry points) print, write files or
+talk to TensorBoard, and only process 0 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxgan import checkpoint, input_pipeline, parallel, report, train
+
+log = logging.getLogger(__name__)
+PyTree = Any
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss or gradient norm became NaN or Inf; names the step and the term."""
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (possibly multi-process) array -> NumPy, from this process's own copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def _replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Host data identical on every process -> a replicated global array."""
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx])
+
+
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (the step in flight completes)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Preemption:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C really interrupts
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, sync: bool) -> bool:
+        """Whether any process got a signal (all processes agree when ``sync``)."""
+        flag = self.signal is not None
+        if jax.process_count() > 1 and sync:
+            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return flag
+
+
+def resolve_config(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[ml_collections.ConfigDict, int]:
+    """A copy of ``config`` with ``steps_per_epoch`` from the data, and the total step count.
+
+    ``num_train_steps > 0`` sets the run length directly; the learning-rate
+    schedule still counts data epochs (it only reaches its decay phase if the
+    run is long enough).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.steps_per_epoch = int(steps_per_epoch)
+    total = int(config.get("num_train_steps", 0) or 0)
+    if total <= 0:
+        total = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
+    return config, total
+
+
+def _make_sample_fn(cfg: train.StepConfig) -> Callable:
+    gen = cfg.generator
+
+    @jax.jit
+    def sample(params: PyTree, real_a: jax.Array, real_b: jax.Array) -> dict[str, jax.Array]:
+        def g(name: str, x: jax.Array) -> jax.Array:
+            return gen.apply({"params": params[name]}, x).astype(jnp.float32)
+
+        fake_b = g("g_ab", real_a)
+        fake_a = g("g_ba", real_b)
+        return {"fake_b": fake_b, "rec_a": g("g_ba", fake_b), "fake_a": fake_a, "rec_b": g("g_ab", fake_a)}
+
+    return sample
+
+
+def _translate_split(sample_fn: Callable, params: PyTree, a: np.ndarray, b: np.ndarray, mesh: Mesh, batch: int = 8):
+    """Run the sample function over two test splits in chunks; returns host arrays."""
+    n = max(len(a), len(b))
+    chunks: dict[str, list[np.ndarray]] = {"fake_b": [], "rec_a": [], "fake_a": [], "rec_b": []}
+    for i in range(0, n, batch):
+        ca, cb = a[i : i + batch], b[i : i + batch]
+        k = batch  # pad both to a full chunk: one compiled shape
+        pa = np.concatenate([ca, np.zeros((k - len(ca), *a.shape[1:]), a.dtype)]) if len(ca) else np.zeros_like(a[:k])
+        pb = np.concatenate([cb, np.zeros((k - len(cb), *b.shape[1:]), b.dtype)]) if len(cb) else np.zeros_like(b[:k])
+        out = sample_fn(params, _replicated(pa, mesh), _replicated(pb, mesh))
+        for key, lim in (("fake_b", len(ca)), ("rec_a", len(ca)), ("fake_a", len(cb)), ("rec_b", len(cb))):
+            chunks[key].append(_to_host(out[key])[:lim])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def write_results(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, state: train.TrainState, mesh: Mesh
+) -> dict[str, float]:
+    """Translate both test splits and write ``workdir/results/index.html``; returns the summary numbers.
+
+    For the synthetic pair the page reports the L1 error to the paired ground
+    truth next to the identity (do-nothing) baseline, raw and 4x4-pooled.
+    """
+    limit = int(config.get("results_max_images", 0) or 0) or None
+    test_a = input_pipeline.load_test_split(config, "A", max_images=limit)
+    test_b = input_pipeline.load_test_split(config, "B", max_images=limit)
+    out = _translate_split(_make_sample_fn(state.config), state.params, test_a.images, test_b.images, mesh)
+    summary: dict[str, float] = {}
+    if test_a.truth is not None and test_b.truth is not None:
+        from jaxgan import synthetic
+
+        for label, src, fake, truth in (("AtoB", test_a.images, out["fake_b"], test_a.truth),
+                                        ("BtoA", test_b.images, out["fake_a"], test_b.truth)):  # fmt: skip
+            pool = 4 if src.shape[1] % 4 == 0 and src.shape[2] % 4 == 0 else 1
+            for k, v in synthetic.translation_error(fake, src, truth, pool=pool).items():
+                summary[f"{label}/{k}"] = v
+    if jax.process_index() == 0:
+        sections = {
+            "A → B  (G)": {"names": test_a.names, "input": test_a.images, "translated": out["fake_b"],
+                           "reconstructed": out["rec_a"], "truth": test_a.truth},
+            "B → A  (F)": {"names": test_b.names, "input": test_b.images, "translated": out["fake_a"],
+                           "reconstructed": out["rec_b"], "truth": test_b.truth},
+        }  # fmt: skip
+        lines = {"dataset": str(config.dataset), "step": str(int(_to_host(state.step)))}
+        lines.update({k: f"{v:.4f}" for k, v in summary.items()})
+        index = report.write_results_page(pathlib.Path(workdir) / "results", sections, lines)
+        log.info("Results page: %s", index)
+    return summary
+
+
+def _check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
+    bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+    if bad:
+        raise TrainingDivergedError(
+            f"Training diverged at step {step}: {', '.join(f'{k}={float(metrics[k])}' for k in bad)} "
+            "is not finite. No checkpoint was written after the last good one; lower --config.lr, check the data, "
+            "or resume from the last checkpoint with another seed."
+        )
+
+
+def _state_layout(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[jax.Array, PyTree, PyTree]:
+    """(initial rng, per-leaf shardings, abstract sharded target for restoring) of the run's state."""
+    rng = jax.random.PRNGKey(int(config.seed))
+    abstract = jax.eval_shape(lambda: train.create_train_state(config, rng))
+    shardings = parallel.state_sharding(abstract, mesh, tuple(config.get("partition_rules", ())))
+    target = jax.tree_util.tree_map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+    )
+    return rng, shardings, target
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> train.TrainState:
+    """Train (resuming from ``workdir`` when it holds checkpoints), then write the results page.
+
+    Returns the final state. Raises :class:`TrainingDivergedError` on NaN/Inf,
+    :class:`checkpoint.CheckpointError` for an incompatible run directory,
+    :class:`input_pipeline.DataError` for bad data, :class:`parallel.ParallelError`
+    for a batch that does not fit the devices.
+    """
+    workdir = pathlib.Path(workdir)
+    main = jax.process_index() == 0
+    mesh = parallel.mesh_from_config(config)
+    parallel.check_batch_size(int(config.batch_size), mesh)
+    stream = input_pipeline.create_train_stream(
+        config, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    config, total_steps = resolve_config(config, stream.steps_per_epoch)
+    log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
+             parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
+
+    saved = checkpoint.load_config(workdir)
+    if saved is not None:
+        checkpoint.check_compatible(saved, config)
+    if main:
+        checkpoint.save_config(workdir, config)
+
+    rng, shardings, target = _state_layout(config, mesh)
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    state, start = ckpt.restore_latest(target)
+    if state is None:
+        state = jax.jit(lambda: train.create_train_state(config, rng), out_shardings=shardings)()
+        start = 0
+        log.info("Starting a new run in %s", workdir)
+    else:
+        log.info("Resumed from the checkpoint at step %d in %s", start, ckpt.directory)
+
+    step_fn = parallel.make_train_step(shardings, mesh)
+    sample_fn = _make_sample_fn(state.config)
+    n_samples = int(config.get("num_sample_images", 4))
+    samples_a = input_pipeline.load_test_split(config, "A", max_images=n_samples).images
+    samples_b = input_pipeline.load_test_split(config, "B", max_images=n_samples).images
+
+    writer = None
+    if main:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(workdir / "tensorboard"))
+        (workdir / "samples").mkdir(parents=True, exist_ok=True)
+
+    log_every = max(1, int(config.log_every_steps))
+    sample_every = int(config.sample_every_steps)
+    ckpt_every = int(config.checkpoint_every_steps)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    last_good_step = start
+
+    def flush(step: int, elapsed: float, images: int) -> dict[str, float]:
+        """Fetch the buffered metrics (one host sync), check them, log their mean."""
+        nonlocal last_good_step
+        host = [(s, {k: _to_host(v) for k, v in m.items()}) for s, m in pending]
+        pending.clear()
+        for s, m in host:
+            _check_finite(s, m)
+        last_good_step = step
+        if not host:
+            return {}
+        mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
+        mean["images_per_s"] = images / max(elapsed, 1e-9)
+        if writer is not None:
+            for k, v in mean.items():
+                writer.add_scalar(f"train/{k}" if k != "images_per_s" else "perf/images_per_s", v, step)
+            writer.flush()
+        return mean
+
+    def save_samples(step: int) -> None:
+        out = sample_fn(state.params, _replicated(samples_a, mesh), _replicated(samples_b, mesh))
+        cols = [samples_a, _to_host(out["fake_b"]), _to_host(out["rec_a"]),
+                samples_b, _to_host(out["fake_a"]), _to_host(out["rec_b"])]  # fmt: skip
+        if main:
+            grid = report.sample_grid(cols)
+            from jaxgan import image_io
+
+            image_io.save_image(workdir / "samples" / f"step_{step:07d}.png", grid)
+            writer.add_image("samples", grid, step, dataformats="HWC")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=start, disable=not main, unit="step", dynamic_ncols=True, smoothing=0.1)
+    iterator = stream.iterate(start)
+    t_last, steps_since = time.perf_counter(), 0
+    step = start
+    try:
+        with _Preemption() as preempt:
+            while step < total_steps:
+                batch = parallel.global_batch(next(iterator), mesh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                steps_since += 1
+                pending.append((step, metrics))
+                is_last = step == total_steps
+                do_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
+                stop = preempt.requested(sync=(step % log_every == 0) or do_ckpt or is_last)
+                if step % log_every == 0 or do_ckpt or stop or is_last:
+                    now = time.perf_counter()
+                    mean = flush(step, now - t_last, steps_since * int(config.batch_size))
+                    t_last, steps_since = now, 0
+                    if mean and main:
+                        epoch = (step - 1) // config.steps_per_epoch + 1
+                        bar.set_postfix(epoch=epoch, img_s=f"{mean['images_per_s']:.1f}",
+                                        G=f"{mean['loss_g_total']:.3f}",
+                                        D=f"{mean['loss_d_a'] + mean['loss_d_b']:.3f}")  # fmt: skip
+                        if step % log_every == 0:
+                            log.info("step %d epoch %d lr %.3g | G %.3f (cyc %.3f, idt %.3f) | D_A %.3f D_B %.3f "
+                                     "| %.1f img/s", step, epoch, mean["lr"], mean["loss_g_total"],
+                                     mean["loss_cycle_a"] + mean["loss_cycle_b"],
+                                     mean.get("loss_idt_ab", 0.0) + mean.get("loss_idt_ba", 0.0),
+                                     mean["loss_d_a"], mean["loss_d_b"], mean["images_per_s"])  # fmt: skip
+                bar.update(1)
+                if sample_every > 0 and (step % sample_every == 0 or is_last):
+                    save_samples(step)
+                if do_ckpt or stop:
+                    ckpt.save(step, state)
+                if stop:
+                    ckpt.wait()
+                    sig = preempt.signal
+                    name = signal.Signals(sig).name if sig else "a signal on another process"
+                    msg = f"Received {name}: saved the checkpoint at step {step} in {ckpt.directory}; "
+                    log.warning(msg + "rerun the same command to resume.")
+                    if main:
+                        print(msg + "rerun the same command to resume.", flush=True)
+                    return state
+    finally:
+        bar.close()
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+
+    summary = write_results(config, workdir, state, mesh)
+    if summary and main:
+        for d in ("AtoB", "BtoA"):
+            log.info("%s: L1 to the ground truth %.4f vs identity %.4f (ratio %.3f); 4x4-pooled ratio %.3f",
+                     d, summary[f"{d}/l1"], summary[f"{d}/l1_identity"], summary[f"{d}/ratio"],
+                     summary[f"{d}/pooled_ratio"])  # fmt: skip
+    return state
+
+
+def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Restore the newest checkpoint of ``workdir`` and (re)write its results page."""
+    workdir = pathlib.Path(workdir)
+    saved = checkpoint.load_config(workdir)
+    if saved is None:
+        raise checkpoint.CheckpointError(f"No run in {workdir} (no config.json).")
+    checkpoint.check_compatible(saved, config)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
+    mesh = parallel.mesh_from_config(config)
+    _, _, target = _state_layout(config, mesh)
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    try:
+        state, step = ckpt.restore_latest(target)
+    finally:
+        ckpt.close()
+    if state is None:
+        raise checkpoint.CheckpointError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    return write_results(config, workdir, state, mesh)

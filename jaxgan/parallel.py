@@ -1,0 +1,168 @@
+"""SPMD data parallelism: the device mesh, shardings, multi-host start-up, the sharded step.
+
+One code path for every scale: a ``Mesh`` over all devices of all processes
+with a ``data`` axis (1 CPU is a mesh of one). The global batch is sharded
+along ``data``; the ``TrainState`` is replicated, except where
+``config.partition_rules`` (regex on the parameter path -> PartitionSpec over
+mesh axes) shards a tensor — the hook for a later model-parallel axis, e.g.
+``mesh_shape=(-1, 2), mesh_axes=("data", "model")`` with
+``partition_rules=((r"res_\\d+/conv_\\d/kernel", (None, None, None, "model")),)``.
+The jitted step gets explicit in/out shardings, so XLA inserts the gradient
+all-reduce; instance norm is per sample and needs no cross-device statistics.
+The image pools are replicated: one global pool visited in global-batch order,
+so training is the same on any device count (see ``jaxgan.pool``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxgan import train
+
+PyTree = Any
+DATA_AXIS = "data"
+
+
+class ParallelError(ValueError):
+    """A configuration that cannot run on the devices present (clear, actionable message)."""
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Join a multi-process JAX job when asked to; returns True when distributed.
+
+    Explicit arguments win. Without them, ``jax.distributed.initialize()`` is
+    called when the environment describes a cluster that JAX detects on its own
+    (SLURM with more than one task, Cloud TPU pod slices, Kubernetes/JAX
+    environment variables); a single plain process is left alone. Must run
+    before any other JAX call that touches devices.
+    """
+    if coordinator_address or (num_processes and num_processes > 1):
+        if not (coordinator_address and num_processes and process_id is not None):
+            raise ParallelError(
+                "Multi-process start needs all of --coordinator_address, --num_processes and --process_id "
+                f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})."
+            )
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+        return True
+    env = os.environ
+    slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env
+    tpu_pod = bool(env.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(env.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    explicit_env = "JAX_COORDINATOR_ADDRESS" in env
+    if slurm or tpu_pod or explicit_env:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(mesh_shape: Sequence[int] = (-1,), mesh_axes: Sequence[str] = (DATA_AXIS,)) -> Mesh:
+    """A mesh over ``jax.devices()`` (every process); one ``-1`` entry takes the rest."""
+    devices = jax.devices()
+    shape = list(mesh_shape)
+    if len(shape) != len(mesh_axes):
+        raise ParallelError(f"mesh_shape {tuple(mesh_shape)} and mesh_axes {tuple(mesh_axes)} differ in length.")
+    if shape.count(-1) > 1:
+        raise ParallelError(f"mesh_shape {tuple(mesh_shape)} may hold at most one -1.")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        shape[shape.index(-1)] = len(devices) // max(known, 1)
+    if int(np.prod(shape)) != len(devices):
+        raise ParallelError(f"mesh_shape {tuple(mesh_shape)} does not cover the {len(devices)} devices present.")
+    if DATA_AXIS not in mesh_axes:
+        raise ParallelError(f"mesh_axes must contain {DATA_AXIS!r}, got {tuple(mesh_axes)}.")
+    # Auto axes: shardings are given at the jit boundary and XLA propagates them inside
+    # (jax >= 0.9 makes Explicit axes the default of make_mesh).
+    auto = (jax.sharding.AxisType.Auto,) * len(shape)
+    return jax.make_mesh(tuple(shape), tuple(mesh_axes), axis_types=auto, devices=devices)
+
+
+def mesh_from_config(config: Any) -> Mesh:
+    return make_mesh(tuple(config.get("mesh_shape", (-1,))), tuple(config.get("mesh_axes", (DATA_AXIS,))))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    """The global batch must split evenly over the ``data`` axis."""
+    n = mesh.shape[DATA_AXIS]
+    if global_batch % n:
+        raise ParallelError(
+            f"config.batch_size={global_batch} is the global batch and must be divisible by the {n} devices "
+            f"of the mesh's data axis; use e.g. --config.batch_size={n * max(1, round(global_batch / n))}."
+        )
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def state_sharding(
+    state: PyTree, mesh: Mesh, partition_rules: Sequence[tuple[str, Sequence[str | None]]] = ()
+) -> PyTree:
+    """A ``NamedSharding`` per leaf of ``state``: replicated unless a rule matches its path.
+
+    Rules are ``(regex, spec)``; the first regex that ``re.search``-es the leaf's
+    path (e.g. ``params/g_ab/res_3/conv_0/kernel``, also the matching Adam
+    moments ``opt_state/g_ab/0/mu/res_3/conv_0/kernel``) gives its PartitionSpec.
+    """
+    compiled = [(re.compile(rx), P(*spec)) for rx, spec in partition_rules]
+
+    def leaf_sharding(path: tuple, leaf: Any) -> NamedSharding:
+        name = _path_str(path)
+        for rx, spec in compiled:
+            if rx.search(name) and len(spec) == np.ndim(leaf):
+                return NamedSharding(mesh, spec)
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Images ``[B, H, W, C]`` split along B over the ``data`` axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_state(state: PyTree, shardings: PyTree) -> PyTree:
+    """Place a (host or single-device) state onto the mesh."""
+    return jax.device_put(state, shardings)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's part of the batch -> a global array sharded along ``data``."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def make_train_step(
+    state_shardings: PyTree, mesh: Mesh
+) -> Callable[[train.TrainState, dict[str, jax.Array]], tuple[train.TrainState, dict[str, jax.Array]]]:
+    """``train_step_fn`` compiled for the mesh: state in/out with ``state_shardings``, batch on ``data``."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        train.train_step_fn,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def describe(mesh: Mesh) -> str:
+    """One line for the log: processes, devices, mesh shape."""
+    kinds = sorted({d.device_kind for d in mesh.devices.flat})
+    return (
+        f"{jax.process_count()} process(es), {mesh.devices.size} device(s) [{', '.join(kinds)}], "
+        f"mesh {dict(mesh.shape)}"
+    )
+
+

@@ -1,0 +1,199 @@
+"""Translate images with a trained generator: a library function and a command line.
+
+    python -m jaxgan.translate --workdir runs/h2z --direction AtoB --input photo.jpg --output out/
+    python -m jaxgan.translate --checkpoint ckpt/horse2zebra --direction AtoB --input testA/ --output out/
+
+``--workdir`` reads the newest checkpoint of a training run; ``--checkpoint``
+reads a generator checkpoint written by ``python -m jaxgan.interop`` (official
+PyTorch weights). Any image size works: sizes not divisible by 4 are
+reflection-padded for the network and cropped back. Folders are searched
+recursively, images of equal size are batched, file names are kept (as PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxgan import checkpoint, image_io, models, train
+
+PyTree = Any
+DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
+
+
+class TranslateError(ValueError):
+    """Bad command-line input: missing checkpoint, non-image file, unknown direction."""
+
+
+def make_generator(model_cfg: dict) -> models.ResnetGenerator:
+    """The generator described by a saved ``config["model"]`` dict."""
+    return models.ResnetGenerator(
+        ngf=int(model_cfg.get("ngf", 64)),
+        n_blocks=int(model_cfg.get("n_blocks", 9)),
+        norm_affine=bool(model_cfg.get("norm_affine", False)),
+        dtype=train.DTYPES[model_cfg.get("dtype", "float32")],
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
+    h, w = images.shape[1:3]
+    ph, pw = (-h) % 4, (-w) % 4
+    if ph or pw:  # reflect-pad to a multiple of 4, translate, crop back
+        mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+        images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+    out = generator.apply({"params": params}, images)
+    return out[:, :h, :w].astype(jnp.float32)
+
+
+def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Translate ``float32[N, H, W, 3]`` in [-1, 1] (any H, W) in batches; returns the same shape."""
+    outs = [
+        np.asarray(_apply(generator, params, jnp.asarray(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outs) if outs else np.zeros_like(images)
+
+
+def load_generator_from_run(workdir: str | pathlib.Path, direction: str, step: int | None = None):
+    """(generator, params, step) of the newest (or given) checkpoint of a training run."""
+    workdir = pathlib.Path(workdir)
+    saved = checkpoint.load_config(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    if saved is None or not ckpt_dir.is_dir():
+        raise TranslateError(f"No training run in {workdir}: expected {workdir}/config.json and {ckpt_dir}/.")
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "default").is_dir())
+    if step is not None:
+        steps = [s for s in steps if s == step]
+    if not steps:
+        raise TranslateError(f"No checkpoint{'' if step is None else f' for step {step}'} in {ckpt_dir}.")
+    generator = make_generator(saved["model"])
+    shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
+    name = DIRECTIONS[direction]
+    target = {"params": {name: shapes}}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(), target)
+    errors = []
+    for s in reversed(steps):  # the newest readable one
+        try:
+            with ocp.PyTreeCheckpointer() as ckptr:
+                restored = ckptr.restore(
+                    ckpt_dir / str(s) / "default",
+                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+                )
+            return generator, restored["params"][name], s
+        except Exception as e:  # noqa: BLE001 - fall back to an older checkpoint
+            errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    raise TranslateError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
+
+
+def load_generator(
+    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None
+) -> tuple[models.ResnetGenerator, PyTree]:
+    """(generator, params) from a run directory or an imported generator checkpoint."""
+    if direction not in DIRECTIONS:
+        raise TranslateError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
+    if bool(workdir) == bool(checkpoint_dir):
+        raise TranslateError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
+    if workdir:
+        generator, params, _ = load_generator_from_run(workdir, direction)
+        return generator, params
+    from jaxgan import interop  # only for imported checkpoints
+
+    path = pathlib.Path(checkpoint_dir)
+    if not path.is_dir():
+        raise TranslateError(f"Checkpoint directory {path} does not exist.")
+    try:
+        params_by_name, model_cfg = interop.load_generator_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
+        raise TranslateError(f"Cannot read a generator checkpoint from {path}: {e}") from e
+    name = DIRECTIONS[direction]
+    if name not in params_by_name:
+        have = [d for d, n in DIRECTIONS.items() if n in params_by_name]
+        raise TranslateError(f"{path} holds a generator for {have}, not {direction}.")
+    return make_generator(model_cfg), params_by_name[name]
+
+
+def _collect_inputs(path: pathlib.Path) -> list[pathlib.Path]:
+    if not path.exists():
+        raise TranslateError(f"Input {path} does not exist.")
+    if path.is_file():
+        return [path]
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and image_io.is_image_file(p.name) and not any(q.startswith(".") for q in p.parts)
+    )
+    if not files:
+        raise TranslateError(f"No images (jpg, jpeg, png, bmp, webp) found under {path}.")
+    return files
+
+
+def _batches_by_size(files: list[pathlib.Path], batch_size: int) -> Iterator[tuple[list[pathlib.Path], np.ndarray]]:
+    groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
+    for f in files:
+        try:
+            img = image_io.load_image(f)
+        except image_io.DataError as e:
+            raise TranslateError(f"{f} is not a readable image: {e}") from e
+        group = groups.setdefault(img.shape, [])
+        group.append((f, img))
+        if len(group) == batch_size:
+            yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
+            group.clear()
+    for group in groups.values():
+        if group:
+            yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
+
+
+def translate_files(
+    generator: models.ResnetGenerator,
+    params: PyTree,
+    inputs: str | pathlib.Path,
+    output: str | pathlib.Path,
+    batch_size: int = 8,
+) -> list[pathlib.Path]:
+    """Translate a file or a folder tree into ``output`` (same relative names, ``.png``)."""
+    inputs, output = pathlib.Path(inputs), pathlib.Path(output)
+    files = _collect_inputs(inputs)
+    root = inputs if inputs.is_dir() else inputs.parent
+    written = []
+    for paths, images in _batches_by_size(files, batch_size):
+        for path, out in zip(paths, generate(generator, params, images, batch_size), strict=True):
+            dest = (output / path.relative_to(root)).with_suffix(".png")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            image_io.save_image(dest, image_io.to_uint8(out))
+            written.append(dest)
+    return written
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m jaxgan.translate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", help="a training run directory (uses its newest checkpoint)")
+    parser.add_argument("--checkpoint", help="a generator checkpoint written by `python -m jaxgan.interop`")
+    parser.add_argument("--direction", default="AtoB", help="AtoB (G) or BtoA (F)")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="folder for the translated images")
+    parser.add_argument("--batch_size", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        generator, params = load_generator(args.direction, args.workdir, args.checkpoint)
+        written = translate_files(generator, params, args.input, args.output, args.batch_size)
+    except (TranslateError, image_io.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Translated {len(written)} image(s) {args.direction} into {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
