@@ -1,0 +1,127 @@
+"""Image files in and out: decoding to 8-bit RGB, bicubic resizing, and the [-1, 1] <-> uint8 mapping.
+
+Every image that enters jaxgan passes through :func:`decode_image`, which turns whatever Pillow can open
+(grayscale, palette, RGBA/LA, CMYK, 16-bit) into ``uint8[H, W, 3]`` RGB and turns an unreadable file into
+one :class:`DataError`. The float convention is the official one: ``x / 127.5 - 1`` (``ToTensor`` followed
+by ``Normalize(0.5, 0.5)``), so pixel values live in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class DataError(ValueError):
+    """Bad data input (a path, a file, a data set name or a data config value); the message says what to do."""
+
+
+def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+    """Decodes one image file (a path or its bytes) to 8-bit RGB.
+
+    Grayscale and bilevel images are repeated over the three channels, palette images are expanded,
+    alpha is dropped (as the official ``Image.convert('RGB')`` does), CMYK is converted, and 16-bit
+    images are scaled to 8 bits (65535 -> 255) instead of being clipped. Animated files give their
+    first frame.
+
+    Args:
+      source: a file path or the encoded file bytes.
+      name: what to call the file in an error message (default: the path).
+
+    Returns:
+      uint8[H, W, 3] RGB.
+
+    Raises:
+      DataError: the file cannot be opened or decoded (not an image, truncated, corrupt, too large).
+    """
+    label = name if name is not None else (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about palette transparency and EXIF quirks; the conversion below handles both.
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                image.load()
+                return pil_to_rgb(image)
+    except FileNotFoundError as error:
+        raise DataError(f"{label}: no such file") from error
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads one image file as ``uint8[H, W, 3]`` RGB (see :func:`decode_image`); raises DataError if unreadable."""
+    return decode_image(path)
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Converts a loaded Pillow image of any mode to ``uint8[H, W, 3]`` RGB (see :func:`decode_image`)."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if mode == "F" and values.size and values.max() <= 1.0:
+            values = values * 255.0  # float images in [0, 1]
+        elif mode in _SIXTEEN_BIT_MODES or (values.size and values.max() > 255):
+            values = values / 257.0  # 16-bit range onto 8 bits: 65535 -> 255
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize (Pillow's, antialiased when shrinking, as torchvision's ``Resize`` on PIL images).
+
+    Args:
+      image: uint8[H, W, 3].
+      height, width: the output size.
+
+    Returns:
+      uint8[height, width, 3]; ``image`` itself when it already has that size.
+    """
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8[..., 3] in [0, 255] -> float32[..., 3] in [-1, 1] (``x / 127.5 - 1``)."""
+    out = np.divide(images, np.float32(127.5), dtype=np.float32)
+    out -= np.float32(1.0)
+    return out
+
+
+def to_uint8(images) -> np.ndarray:
+    """The reverse of :func:`to_float`: float[..., 3] in [-1, 1] (NumPy or JAX) -> uint8[..., 3], rounded, clipped."""
+    values = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes one image; the format follows the file extension.
+
+    Args:
+      path: where to write (its folder must exist).
+      image: uint8[H, W, 3], or float[H, W, 3] in [-1, 1] (converted with :func:`to_uint8`).
+    """
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = to_uint8(array)
+    Image.fromarray(array).save(path)
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has one of :data:`IMAGE_EXTENSIONS` (any case) and is not hidden."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)

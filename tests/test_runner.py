@@ -1,0 +1,181 @@
+"""End-to-end: the experiment command, resume, preemption, damaged checkpoints, config check, NaN stop."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from experiments.configs import horse2zebra
+from jaxgan import checkpoint, loop
+
+
+def tiny(**overrides):
+    config = horse2zebra.get_config("tiny")
+    config.results_max_images = 4
+    for k, v in overrides.items():
+        config[k] = v
+    return config
+
+
+def _params(state):
+    return jax.tree_util.tree_map(np.asarray, (state.params, state.opt_state, state.pool_a, state.pool_b, state.rng))
+
+
+def _bitwise_equal(a, b) -> bool:
+    return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))
+
+
+def _command(workdir, *overrides):
+    return [
+        sys.executable, "-m", "experiments.horse2zebra", f"--workdir={workdir}",
+        "--config=experiments/configs/horse2zebra.py:tiny", "--config.results_max_images=4", *overrides,
+    ]  # fmt: skip
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """An 8-step run in this process: the reference for every resume test."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    state = loop.train_and_evaluate(tiny(num_train_steps=8), workdir)
+    return workdir, _params(state)
+
+
+def test_run_writes_checkpoints_samples_events_and_results(uninterrupted):
+    workdir, _ = uninterrupted
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+    assert sorted(p.name for p in (workdir / "samples").iterdir()) == ["step_0000004.png", "step_0000008.png"]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["ngf"] == 8 and saved["steps_per_epoch"] == 16
+    page = (workdir / "results" / "index.html").read_text()
+    assert "AtoB/l1_identity" in page and "F(B)" not in page  # summary present
+    assert page.count("<img") == 2 * 4 * 4  # 2 directions x 4 images x (input, translated, reconstructed, truth)
+
+
+def test_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    _, reference = uninterrupted
+    loop.train_and_evaluate(tiny(num_train_steps=5), tmp_path)  # stops at 5 and saves
+    state = loop.train_and_evaluate(tiny(num_train_steps=8), tmp_path)  # resumes at 5
+    assert _bitwise_equal(_params(state), reference)
+
+
+def test_sigterm_saves_exits_zero_and_resume_is_exact(tmp_path, uninterrupted):
+    _, reference = uninterrupted
+    cmd = _command(tmp_path, "--config.num_train_steps=400", "--config.log_every_steps=1",
+                   "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if " step 3 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(lines)
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, out
+    assert "Received SIGTERM" in out, out
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 1 and 3 <= steps[0] < 400, out
+    # Finish the same run to step 8 in this process (the step count is the only override that differs).
+    if steps[0] <= 8:
+        state = loop.train_and_evaluate(tiny(num_train_steps=8), tmp_path)
+        assert _bitwise_equal(_params(state), reference)
+
+
+def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, caplog):
+    loop.train_and_evaluate(tiny(num_train_steps=8, checkpoint_every_steps=4, sample_every_steps=0), tmp_path)
+    for f in (tmp_path / "checkpoints" / "8").rglob("*"):
+        if f.is_file() and f.parent.name != "8":
+            f.write_bytes(b"garbage")
+    with caplog.at_level(logging.INFO, logger="jaxgan"):
+        state = loop.train_and_evaluate(tiny(num_train_steps=9, sample_every_steps=0), tmp_path)
+    assert int(state.step) == 9
+    assert "Checkpoint at step 8" in caplog.text and "Resumed from the checkpoint at step 4" in caplog.text
+
+
+def test_incompatible_config_is_refused_naming_the_fields(tmp_path):
+    loop.train_and_evaluate(tiny(num_train_steps=2, sample_every_steps=0), tmp_path)
+    config = tiny(num_train_steps=4)
+    config.model.n_blocks = 3
+    with pytest.raises(checkpoint.CheckpointError, match="model.n_blocks: checkpoint has 2, config has 3"):
+        loop.train_and_evaluate(config, tmp_path)
+
+
+def test_nan_stops_with_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    cmd = _command(tmp_path, "--config.num_train_steps=50", "--config.lr=1e30", "--config.log_every_steps=1",
+                   "--config.checkpoint_every_steps=1", "--config.sample_every_steps=0")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Training diverged at step" in proc.stderr and "is not finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad_step = int(proc.stderr.split("Training diverged at step ")[1].split(":")[0])
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) == bad_step - 1  # every checkpoint predates the bad step
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
+    from jaxgan import parallel
+
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(3, mesh)  # one device: anything goes
+    with pytest.raises(parallel.ParallelError, match="divisible"):
+        parallel.check_batch_size(3, type("M", (), {"shape": {"data": 2}})())
+
+
+def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted):
+    from PIL import Image
+
+    workdir, _ = uninterrupted
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (37, 53, 3), np.uint8)).save(src / "odd.jpg")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "sub" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "sub" / "b.PNG")
+    (src / "notes.txt").write_text("not an image")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jaxgan.translate", *args], cwd=ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    one = run(
+        "--workdir",
+        str(workdir),
+        "--direction",
+        "BtoA",
+        "--input",
+        str(src / "odd.jpg"),
+        "--output",
+        str(tmp_path / "o1"),
+    )
+    assert one.returncode == 0, one.stderr
+    assert Image.open(tmp_path / "o1" / "odd.png").size == (53, 37)
+    many = run("--workdir", str(workdir), "--input", str(src), "--output", str(tmp_path / "o2"))
+    assert many.returncode == 0, many.stderr
+    assert sorted(str(p.relative_to(tmp_path / "o2")) for p in (tmp_path / "o2").rglob("*.png")) == [
+        "odd.png", "sub/a.png", "sub/b.png"]  # fmt: skip
+    missing = run("--workdir", str(tmp_path / "nothing"), "--input", str(src), "--output", str(tmp_path / "o3"))
+    assert missing.returncode == 2 and "No training run" in missing.stderr and "Traceback" not in missing.stderr
+    bad = run("--workdir", str(workdir), "--input", str(src / "notes.txt"), "--output", str(tmp_path / "o4"))
+    assert bad.returncode == 2 and "notes.txt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_results_mode_rewrites_the_page(uninterrupted):
+    workdir, _ = uninterrupted
+    (workdir / "results" / "index.html").unlink()
+    summary = loop.results_only(tiny(), workdir)
+    assert (workdir / "results" / "index.html").exists()
+    assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
