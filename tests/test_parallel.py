@@ -1,0 +1,100 @@
+"""Data parallelism on fake CPU devices and on two processes joined by jax.distributed (in subprocesses)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+WORKER = str(ROOT / "tests" / "parallel_worker.py")
+
+
+def _run(args, devices, timeout=600):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _check(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _max_rel(a, b, keys=None):
+    keys = keys or a.files
+    return max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in keys)
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """One 4-device process: 1-vs-4 equivalence (and the 4-device reference parameters)."""
+    out = tmp_path_factory.mktemp("eq") / "eq.json"
+    _check(_run(["equivalence", out], devices=4))
+    return json.loads(out.read_text()), np.load(str(out) + ".npz")
+
+
+def test_four_devices_equal_one_device(four_devices):
+    result, _ = four_devices
+    assert result["devices"] == 4
+    assert result["max_rel_diff"] < 1e-5
+    np.testing.assert_allclose(result["losses4"], result["losses1"], rtol=1e-6)
+    # One global pool, visited in global-batch order: same contents on any device count.
+    assert result["pool_counts_equal"] and result["pool_max_abs_diff"] < 1e-5
+
+
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, four_devices):
+    _, reference = four_devices
+    port, out = _free_port(), tmp_path / "mp.npz"
+    procs = [_run(["multiprocess", out, port, 2, i], devices=2) for i in range(2)]
+    for p in procs:
+        _check(p)
+    info = [json.loads((tmp_path / f"mp.npz.{i}.json").read_text()) for i in range(2)]
+    assert all(i["devices"] == 4 and i["local_devices"] == 2 for i in info)
+    assert info[0]["losses"] == info[1]["losses"]
+    # Each process fed only its own, disjoint rows of the global batch.
+    for d in ("A", "B"):
+        assert len(info[0]["rows_step0"][d]) == 2 and len(info[1]["rows_step0"][d]) == 2
+    assert not set(info[0]["rows_step0"]["A"]) & set(info[1]["rows_step0"]["A"])
+    assert _max_rel(np.load(out), reference) < 1e-5
+
+
+def test_checkpoint_moves_between_device_counts(tmp_path):
+    # Saved on 4 devices -> restored on 1 and on 2; saved on 1 -> restored on 4. Each continues one step.
+    ck4, ck1 = tmp_path / "ck4", tmp_path / "ck1"
+    saves = [
+        _run(["save", tmp_path / "s4.npz", ck4, 2], devices=4),
+        _run(["save", tmp_path / "s1.npz", ck1, 2], devices=1),
+    ]
+    for p in saves:
+        _check(p)
+    runs = {
+        "4to1": _run(["resume", tmp_path / "r41.npz", ck4], devices=1),
+        "4to2": _run(["resume", tmp_path / "r42.npz", ck4], devices=2),
+        "1to4": _run(["resume", tmp_path / "r14.npz", ck1], devices=4),
+    }
+    for p in runs.values():
+        _check(p)
+    saved4, saved1 = np.load(tmp_path / "s4.npz"), np.load(tmp_path / "s1.npz")
+    finals = {}
+    for name, devices, saved in (("r41", 1, saved4), ("r42", 2, saved4), ("r14", 4, saved1)):
+        data = np.load(tmp_path / f"{name}.npz")
+        meta = json.loads((tmp_path / f"{name}.npz.json").read_text())
+        assert meta == {"step": 2, "devices": devices, "final_step": 3}
+        for k in saved.files:  # restored exactly
+            np.testing.assert_array_equal(data[f"restored{k}"], saved[k])
+        finals[name] = {k: data[k] for k in saved.files}
+    # Continuing on 1, 2 or 4 devices gives the same parameters up to float rounding.
+    keys = list(saved4.files)
+    assert max(float(np.max(np.abs(finals["r41"][k] - finals["r42"][k]))) for k in keys) < 1e-5
+    assert max(float(np.max(np.abs(finals["r41"][k] - finals["r14"][k]))) for k in keys) < 1e-4
