@@ -141,6 +141,8 @@ def write_results(
             pool = 4 if src.shape[1] % 4 == 0 and src.shape[2] % 4 == 0 else 1
             for k, v in synthetic.translation_error(fake, src, truth, pool=pool).items():
                 summary[f"{label}/{k}"] = v
+    if jax.process_index() == 0 and config.get("results_fid", True):
+        summary.update(_fid_kid(test_a.images, test_b.images, out))
     if jax.process_index() == 0:
         sections = {
             "A → B  (G)": {"names": test_a.names, "input": test_a.images, "translated": out["fake_b"],
@@ -153,6 +155,20 @@ def write_results(
         index = report.write_results_page(pathlib.Path(workdir) / "results", sections, lines)
         log.info("Results page: %s", index)
     return summary
+
+
+def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, float]:
+    """FID/KID of G(test A) vs test B and F(test B) vs test A, when FID Inception weights are installed."""
+    from jaxgan import evaluate, image_io, inception
+
+    if not inception.weights_available():
+        log.info("FID/KID skipped: no FID Inception weights (see README, 'Evaluation').")
+        return {}
+    result = {}
+    for label, real, fake in (("AtoB", test_b, out["fake_b"]), ("BtoA", test_a, out["fake_a"])):
+        m = evaluate.fid_kid(list(image_io.to_uint8(real)), list(evaluate.to_uint8(fake)))
+        result.update({f"{label}/fid": m["fid"], f"{label}/kid": m["kid"]})
+    return result
 
 
 def _check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:

