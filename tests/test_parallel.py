@@ -98,3 +98,22 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     keys = list(saved4.files)
     assert max(float(np.max(np.abs(finals["r41"][k] - finals["r42"][k]))) for k in keys) < 1e-5
     assert max(float(np.max(np.abs(finals["r41"][k] - finals["r14"][k]))) for k in keys) < 1e-4
+
+
+def test_partition_rules_shard_matching_params_and_their_adam_moments():
+    import jax
+    from conftest import tiny_config
+    from jax.sharding import PartitionSpec as P
+
+    from jaxgan import parallel, train
+
+    mesh = parallel.make_mesh((-1, 1), ("data", "model"))
+    abstract = jax.eval_shape(lambda: train.create_train_state(tiny_config(), jax.random.PRNGKey(0)))
+    rules = ((r"res_\d+/conv_\d/kernel", (None, None, None, "model")),)
+    sh = parallel.state_sharding(abstract, mesh, rules)
+    assert sh.params["g_ab"]["res_1"]["conv_0"]["kernel"].spec == P(None, None, None, "model")
+    assert sh.opt_state["g_ba"][0].mu["res_0"]["conv_1"]["kernel"].spec == P(None, None, None, "model")
+    assert sh.params["g_ab"]["res_1"]["conv_0"]["bias"].spec == P()  # rank differs: replicated
+    assert sh.params["d_a"]["conv_0"]["kernel"].spec == P() and sh.pool_a.images.spec == P()
+    with pytest.raises(parallel.ParallelError, match="data"):
+        parallel.make_mesh((-1,), ("model",))
