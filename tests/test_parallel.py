@@ -117,3 +117,19 @@ def test_partition_rules_shard_matching_params_and_their_adam_moments():
     assert sh.params["d_a"]["conv_0"]["kernel"].spec == P() and sh.pool_a.images.spec == P()
     with pytest.raises(parallel.ParallelError, match="data"):
         parallel.make_mesh((-1,), ("model",))
+
+
+def test_experiment_command_runs_as_two_processes(tmp_path):
+    # The user-facing command, two processes x 2 CPU devices: training, cooperative checkpoint, process-0 outputs.
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
+           "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=4", "--config.batch_size=4",
+           "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]  # fmt: skip
+    procs = [subprocess.Popen([*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]  # fmt: skip
+    outs = [_check(p) for p in procs]
+    assert "2 process(es), 4 device(s)" in outs[0]
+    assert "Results page" in outs[0] and "Results page" not in outs[1]  # only process 0 logs and writes
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    assert (tmp_path / "results" / "index.html").exists() and list((tmp_path / "samples").glob("*.png"))
