@@ -166,5 +166,3 @@ def describe(mesh: Mesh) -> str:
         f"{jax.process_count()} process(es), {mesh.devices.size} device(s) [{', '.join(kinds)}], "
         f"mesh {dict(mesh.shape)}"
     )
-
-
