@@ -1,0 +1,190 @@
+"""Shared pieces of the benchmark scripts: interleaved timing, memory, FLOP counts, device peaks.
+
+Everything here is plain Python/NumPy; JAX and torch are imported by the scripts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# Dense peak FLOP/s per chip by device kind and compute dtype (vendor datasheets, no sparsity).
+# float32 on NVIDIA is the non-tensor-core FP32 rate (XLA uses TF32 only when asked to).
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "NVIDIA H100 80GB HBM3": {"bfloat16": 989.4e12, "float32": 66.9e12},  # SXM
+    "NVIDIA H100 PCIe": {"bfloat16": 756.5e12, "float32": 51.2e12},
+    "NVIDIA H100 NVL": {"bfloat16": 835.5e12, "float32": 60.0e12},
+    "NVIDIA H200": {"bfloat16": 989.4e12, "float32": 66.9e12},
+    "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "float32": 19.5e12},
+    "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "float32": 19.5e12},
+    "NVIDIA A100-PCIE-40GB": {"bfloat16": 312e12, "float32": 19.5e12},
+    "NVIDIA A100 80GB PCIe": {"bfloat16": 312e12, "float32": 19.5e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 2},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 2},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12 / 2},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 2},
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12 / 2},
+    "TPU v6e": {"bfloat16": 918e12, "float32": 918e12 / 2},
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """Datasheet peak FLOP/s for ``device_kind`` (``jax.Device.device_kind``), or None if unknown.
+
+    Matches exactly, then by prefix (``"NVIDIA H200 NVL"`` -> ``"NVIDIA H200"``).
+    """
+    table = PEAK_FLOPS.get(device_kind)
+    if table is None:
+        for kind, t in PEAK_FLOPS.items():
+            if device_kind.startswith(kind) or kind.startswith(device_kind):
+                table = t
+                break
+    return None if table is None else table.get(dtype)
+
+
+def measured_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """An empirical CPU peak: best float32 FLOP/s of an ``n x n`` NumPy matmul (BLAS, all cores).
+
+    CPUs have no useful datasheet peak for this purpose (turbo, AVX-512 clocks,
+    shared cores); the BLAS GEMM rate is what a convolution could reach at best.
+    """
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory.
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (Linux ``clear_refs`` 5); False if unsupported."""
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size in MiB since start or the last :func:`reset_peak_rss` (``VmHWM``)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, iters: int) -> dict[str, list[float]]:
+    """Seconds per call of each zero-argument ``fn``, interleaved round by round.
+
+    Every function is warmed up ``warmup`` times; then each round calls every
+    function once, alternating the order between rounds, so that load from
+    other processes on a shared machine hits all implementations alike. Each
+    ``fn`` must block until its work is done.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(iters):
+        for name in names if r % 2 == 0 else reversed(names):
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    """Median and min in ms."""
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+
+
+def case_record(
+    impl: str,
+    size: int,
+    batch: int,
+    dtype: str,
+    times: list[float],
+    flops_xla: float | None,
+    flops_analytic: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One JSON-able result line: timing summary plus throughput."""
+    s = summarize(times)
+    rec: dict[str, Any] = {"impl": impl, "size": size, "batch": batch, "dtype": dtype}
+    rec.update({k: round(v, 2) for k, v in s.items()})
+    rec["iters"] = len(times)
+    rec["images_per_s"] = round(batch / (s["median_ms"] / 1e3), 3)
+    rec["flops_xla"] = flops_xla
+    rec["flops_analytic"] = flops_analytic
+    rec.update(extra)
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic FLOPs: multiply-adds of the convolutions (2 FLOPs each); elementwise work not counted.
+
+
+def generator_layer_macs(size: int, ngf: int = 64, n_blocks: int = 9) -> list[int]:
+    """Forward MACs per conv layer of the ResNet generator on one ``size x size`` image, in order.
+
+    Transposed convs count their 9 real taps per input pixel.
+    """
+    s, s2, s4 = size, size // 2, size // 4
+    macs = [s * s * 49 * 3 * ngf, s2 * s2 * 9 * ngf * 2 * ngf, s4 * s4 * 9 * 2 * ngf * 4 * ngf]
+    macs += [s4 * s4 * 9 * (4 * ngf) ** 2] * (2 * n_blocks)
+    macs += [s4 * s4 * 9 * 4 * ngf * 2 * ngf, s2 * s2 * 9 * 2 * ngf * ngf, s * s * 49 * ngf * 3]
+    return macs
+
+
+def discriminator_layer_macs(size: int, ndf: int = 64, n_layers: int = 3) -> list[int]:
+    """Forward MACs per conv layer of the PatchGAN (4x4 kernels, padding 1) on one image."""
+    macs, s, c_in = [], size, 3
+    chans = [ndf] + [ndf * min(2**n, 8) for n in range(1, n_layers + 1)] + [1]
+    for i, c_out in enumerate(chans):
+        stride = 2 if i < n_layers else 1
+        s = (s + 2 - 4) // stride + 1
+        macs.append(s * s * 16 * c_in * c_out)
+        c_in = c_out
+    return macs
+
+
+def step_conv_flops(size: int, batch: int, ngf: int = 64, ndf: int = 64, n_blocks: int = 9) -> int:
+    """Convolution FLOPs of one CycleGAN iteration with identity loss, as the official code computes it.
+
+    Generators: 6 forwards per image (G(A), G(B) identity, F(G(A)), F(B), F(A)
+    identity, G(F(B))); backward = weight gradients of every layer plus input
+    gradients of every layer except the first where the input is a real image
+    (4 of the 6). Discriminators in the generator loss: 2 forwards + input
+    gradients, no weight gradients. Discriminator update: 4 forwards + weight
+    gradients + input gradients of all but the first layer.
+    """
+    g, d = generator_layer_macs(size, ngf, n_blocks), discriminator_layer_macs(size, ndf)
+    gf, df = sum(g), sum(d)
+    g_macs = 6 * gf + 6 * gf + (6 * gf - 4 * g[0])
+    d_macs = 2 * (df + df) + 4 * (df + df + df - d[0])
+    return 2 * batch * (g_macs + d_macs)

@@ -1,0 +1,252 @@
+"""A PyTorch replica of the official CycleGAN training iteration, timed like the JAX step.
+
+Same architecture as ``jaxgan.models`` (ResNet-9 generator, 70x70 PatchGAN,
+non-affine instance norm, reflection padding) and the official iteration of
+``models/cycle_gan_model.py``: G forward (fake, reconstruction, identity), one
+backward of the summed generator loss, one Adam step over both generators; then
+the discriminators on real images and pooled fakes (50-image history pool), one
+backward, one Adam step over both discriminators. Eager PyTorch, NCHW, as the
+official code runs.
+
+torch is an optional dependency (``pip install -e ".[bench]"``); this module
+imports it lazily and :func:`available` says whether it is there.
+
+Usage (alone; ``benchmarks.train_step --compare-torch`` runs it interleaved with JAX)::
+
+  python -m benchmarks.torch_reference --sizes 128 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+from typing import Any
+
+from benchmarks import common
+
+
+def available() -> bool:
+    """True when torch can be imported."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def build(ngf: int = 64, ndf: int = 64, n_blocks: int = 9) -> Any:
+    """Define the replica's modules; returns a namespace with the classes (torch imported here)."""
+    import torch
+    from torch import nn
+
+    def norm(c: int) -> nn.Module:
+        return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+
+    class ResnetBlock(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv_block = nn.Sequential(
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c, c, 3, bias=True),
+                norm(c),
+                nn.ReLU(True),
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c, c, 3, bias=True),
+                norm(c),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv_block(x)
+
+    class ResnetGenerator(nn.Module):
+        """c7s1-64, d128, d256, n x R256, u128, u64, c7s1-3, tanh. ``[B, 3, H, W]`` -> same."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), norm(ngf), nn.ReLU(True)]
+            for i in range(2):
+                c = ngf * 2**i
+                layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
+            layers += [ResnetBlock(4 * ngf) for _ in range(n_blocks)]
+            for i in range(2):
+                c = ngf * 2 ** (2 - i)
+                layers += [
+                    nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
+                    norm(c // 2),
+                    nn.ReLU(True),
+                ]
+            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+            self.model = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    class PatchDiscriminator(nn.Module):
+        """70x70 PatchGAN. ``[B, 3, H, W]`` -> ``[B, 1, H', W']`` raw scores."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+            mult = 1
+            for n in range(1, 4):
+                prev, mult = mult, min(2**n, 8)
+                layers += [
+                    nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if n < 3 else 1, 1),
+                    norm(ndf * mult),
+                    nn.LeakyReLU(0.2, True),
+                ]
+            layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+            self.model = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    class ImagePool:
+        """The official ``util/image_pool.py`` (Python ``random``)."""
+
+        def __init__(self, size: int) -> None:
+            self.size, self.images = size, []
+
+        def query(self, images: torch.Tensor) -> torch.Tensor:
+            if self.size == 0:
+                return images
+            out = []
+            for image in images:
+                image = image.data.unsqueeze(0)
+                if len(self.images) < self.size:
+                    self.images.append(image)
+                    out.append(image)
+                elif random.uniform(0, 1) > 0.5:
+                    idx = random.randint(0, self.size - 1)
+                    out.append(self.images[idx].clone())
+                    self.images[idx] = image
+                else:
+                    out.append(image)
+            return torch.cat(out, 0)
+
+    class Namespace:
+        pass
+
+    ns = Namespace()
+    ns.ResnetGenerator, ns.PatchDiscriminator, ns.ImagePool = ResnetGenerator, PatchDiscriminator, ImagePool
+    return ns
+
+
+class CycleGANIteration:
+    """Holds G_A, G_B, D_A, D_B, their two Adams and pools; ``step(real_a, real_b)`` runs one iteration.
+
+    Images: ``float[B, 3, H, W]`` in [-1, 1] (torch tensors). ``dtype`` is
+    ``"float32"`` or ``"bfloat16"`` (CPU autocast for the bf16 case).
+    """
+
+    def __init__(self, dtype: str = "float32", seed: int = 0, pool_size: int = 50) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        random.seed(seed)
+        ns = build()
+        self.torch = torch
+        self.g_a, self.g_b = ns.ResnetGenerator(), ns.ResnetGenerator()
+        self.d_a, self.d_b = ns.PatchDiscriminator(), ns.PatchDiscriminator()
+        for net in (self.g_a, self.g_b, self.d_a, self.d_b):
+            for m in net.modules():
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                    nn.init.normal_(m.weight, 0.0, 0.02)
+                    nn.init.zeros_(m.bias)
+        g_params = list(self.g_a.parameters()) + list(self.g_b.parameters())
+        d_params = list(self.d_a.parameters()) + list(self.d_b.parameters())
+        self.opt_g = torch.optim.Adam(g_params, lr=2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(d_params, lr=2e-4, betas=(0.5, 0.999))
+        self.pool_a, self.pool_b = ns.ImagePool(pool_size), ns.ImagePool(pool_size)
+        self.l1, self.mse = nn.L1Loss(), nn.MSELoss()
+        self.dtype = dtype
+
+    def _set_requires_grad(self, nets: list, flag: bool) -> None:
+        for net in nets:
+            for p in net.parameters():
+                p.requires_grad = flag
+
+    def _autocast(self) -> Any:
+        torch = self.torch
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
+
+    def _gan(self, pred: Any, real: bool) -> Any:
+        return self.mse(pred.float(), self.torch.full_like(pred.float(), 1.0 if real else 0.0))
+
+    def step(self, real_a: Any, real_b: Any) -> float:
+        """One official ``optimize_parameters()``; returns the generator loss (a float, which syncs)."""
+        with self._autocast():
+            fake_b = self.g_a(real_a)
+            rec_a = self.g_b(fake_b)
+            fake_a = self.g_b(real_b)
+            rec_b = self.g_a(fake_a)
+        # Generators.
+        self._set_requires_grad([self.d_a, self.d_b], False)
+        self.opt_g.zero_grad()
+        with self._autocast():
+            idt_a = self.g_a(real_b)
+            idt_b = self.g_b(real_a)
+            loss_idt = 5.0 * (self.l1(idt_a.float(), real_b) + self.l1(idt_b.float(), real_a))
+            loss_gan = self._gan(self.d_a(fake_b), True) + self._gan(self.d_b(fake_a), True)
+            loss_cycle = 10.0 * (self.l1(rec_a.float(), real_a) + self.l1(rec_b.float(), real_b))
+            loss_g = loss_gan + loss_cycle + loss_idt
+        loss_g.backward()
+        self.opt_g.step()
+        # Discriminators (fakes from before the G step, through the pools).
+        self._set_requires_grad([self.d_a, self.d_b], True)
+        self.opt_d.zero_grad()
+        with self._autocast():
+            fake_b_q = self.pool_b.query(fake_b)
+            loss_d_a = 0.5 * (self._gan(self.d_a(real_b), True) + self._gan(self.d_a(fake_b_q.detach()), False))
+        loss_d_a.backward()
+        with self._autocast():
+            fake_a_q = self.pool_a.query(fake_a)
+            loss_d_b = 0.5 * (self._gan(self.d_b(real_a), True) + self._gan(self.d_b(fake_a_q.detach()), False))
+        loss_d_b.backward()
+        self.opt_d.step()
+        return float(loss_g.detach())
+
+
+def make_step(size: int, batch: int, dtype: str = "float32", threads: int | None = None, seed: int = 0) -> Any:
+    """A zero-argument callable running one full iteration on fixed random images (for interleaved timing)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    it = CycleGANIteration(dtype, seed)
+    gen = torch.Generator().manual_seed(seed)
+    real_a = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    real_b = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    return lambda: it.step(real_a, real_b)
+
+
+def analytic_flops(size: int, batch: int) -> int:
+    """The same analytic conv count as the JAX benchmark (one iteration, multiply-add = 2 FLOPs)."""
+    return common.step_conv_flops(size, batch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if not available():
+        print(json.dumps({"impl": "torch", "skipped": "torch is not installed (pip install -e '.[bench]')"}))
+        return
+    for dtype in args.dtype:
+        for size in args.sizes:
+            for batch in args.batch:
+                step = make_step(size, batch, dtype, args.threads)
+                common.reset_peak_rss()
+                times = common.time_interleaved({"torch": step}, args.warmup, args.iters)["torch"]
+                flops = common.step_conv_flops(size, batch)
+                rss = round(common.peak_rss_mb(), 1)
+                rec = common.case_record("torch", size, batch, dtype, times, None, flops, peak_rss_mb=rss)
+                print(json.dumps(rec))
+
+
+if __name__ == "__main__":
+    main()
