@@ -537,17 +537,21 @@ _CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIM
 _CPU_OPTIONS_JAXLIB = ((0, 10), (0, 12))  # versions known to have these options: [0.10, 0.12)
 
 
-def xla_compiler_options(remat: bool = False) -> dict[str, str]:
+def xla_compiler_options(remat: bool = False, backend: str | None = None) -> dict[str, str]:
     """``compiler_options`` for ``jax.jit`` of any function that runs these networks.
 
     Args:
       remat: whether the generator is built with ``remat=True``.
+      backend: the platform the function compiles for (``jax.default_backend()``);
+        anything but ``"cpu"`` gets no options. None: assume CPU.
 
     Only XLA:CPU reads these options (XLA ``DebugOptions`` fields; other
     backends ignore them). Empty for jaxlib versions in which they are not known
     to exist, since XLA rejects unknown options. Does not initialise a backend,
     so it is safe at import time and before ``jax.distributed.initialize``.
     """
+    if backend not in (None, "cpu"):
+        return {}
     import jaxlib
 
     version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])

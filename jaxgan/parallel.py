@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import train
+from jaxgan import models, train
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -151,11 +151,13 @@ def make_train_step(
 ) -> Callable[[train.TrainState, dict[str, jax.Array]], tuple[train.TrainState, dict[str, jax.Array]]]:
     """``train_step_fn`` compiled for the mesh: state in/out with ``state_shardings``, batch on ``data``."""
     replicated = NamedSharding(mesh, P())
+    platform = mesh.devices.flat[0].platform
     return jax.jit(
         train.train_step_fn,
         in_shardings=(state_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
+        compiler_options=models.xla_compiler_options(state_shardings.config.remat, platform),
     )
 
 

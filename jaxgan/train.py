@@ -10,6 +10,7 @@ Naming (paper / official code):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -290,11 +291,17 @@ def train_step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Train
     return state.replace(step=state.step + 1), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-train_step = jax.jit(train_step_fn, donate_argnums=0, compiler_options=models.xla_compiler_options())
-"""``train_step(state, batch) -> (state, metrics)``, jitted, donating ``state``.
+@functools.cache
+def _compiled_step(backend: str, remat: bool):
+    options = models.xla_compiler_options(remat, backend)
+    return jax.jit(train_step_fn, donate_argnums=0, compiler_options=options)
 
-Compiled with :func:`jaxgan.models.xla_compiler_options` (CPU convolution kernels).
 
-Single-program convenience; the runner compiles the same function with explicit
-shardings over a device mesh (``jaxgan.parallel``).
-"""
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``train_step_fn`` jitted (once per backend), donating ``state``.
+
+    Compiled with :func:`jaxgan.models.xla_compiler_options` (XLA:CPU convolution
+    kernels). Single-program convenience; the runner compiles the same function
+    with explicit shardings over a device mesh (``jaxgan.parallel``).
+    """
+    return _compiled_step(jax.default_backend(), state.config.remat)(state, batch)
