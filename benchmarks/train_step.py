@@ -146,7 +146,8 @@ def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any,
         "B": jax.random.uniform(key_b, (batch, size, size, 3), minval=-1.0, maxval=1.0),
     }
     # As train.train_step (state donated), with the XLA options for this model configuration.
-    step_fn = jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=models.xla_compiler_options(remat))
+    options = models.xla_compiler_options(remat, jax.default_backend())
+    step_fn = jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options)
     t = time.perf_counter()
     compiled = step_fn.lower(state, images).compile()
     facts: dict[str, Any] = {"compile_s": round(time.perf_counter() - t, 2)}
@@ -188,7 +189,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
     peak, peak_src = device_peak_flops(dtype, cpu_peak)
     info = device_info()
     for impl, ts in times.items():
-        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load}
+        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load, "malloc": common.malloc_mode()}
         if impl == "jax":
             extra.update(facts)
             extra.update(jax_mem)
@@ -212,6 +213,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
             "median": round(med["jax"]["median_ms"] / med["torch"]["median_ms"], 3),
             "min": round(med["jax"]["min_ms"] / med["torch"]["min_ms"], 3),
             "loadavg_1m": load,
+            "malloc": common.malloc_mode(),
         }
         print(json.dumps(ratio), flush=True)
 
@@ -219,7 +221,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
 def _case_argv(args: argparse.Namespace, size: int, batch: int, dtype: str, remat: bool) -> list[str]:
     argv = [sys.executable, "-m", "benchmarks.train_step", "--sizes", str(size), "--batch", str(batch)]
     argv += ["--dtype", dtype, "--remat", "on" if remat else "off", "--iters", str(args.iters)]
-    argv += ["--warmup", str(args.warmup), "--cpu-peak", args.cpu_peak]
+    argv += ["--warmup", str(args.warmup), "--cpu-peak", args.cpu_peak, "--malloc", args.malloc]
     if args.compare_torch:
         argv.append("--compare-torch")
     if args.torch_threads:
@@ -243,7 +245,16 @@ def main(argv: list[str] | None = None) -> None:
         help="CPU peak FLOP/s for MFU: 'measure' (jitted float32 2048^2 matmul), a number, or 'none'",
     )
     parser.add_argument("--isolate", action="store_true", help="run every case in a fresh process (clean peak RSS)")
+    parser.add_argument(
+        "--malloc",
+        choices=["retain", "default"],
+        default="retain",
+        help="'retain': re-run under benchmarks.common.RETAINING_MALLOC_ENV (no per-step page faults); "
+        "'default': the process's own malloc settings",
+    )
     args = parser.parse_args(argv)
+    if args.malloc == "retain":
+        common.reexec_with_retaining_malloc("benchmarks.train_step", sys.argv[1:] if argv is None else argv)
 
     cases = [
         (size, batch, dtype, remat == "on")
