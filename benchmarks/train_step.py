@@ -24,7 +24,10 @@ The documented command (RESULTS.md)::
 Everything else::
 
   python -m benchmarks.train_step --sizes 64 128 256 --batch 1 4 16 --dtype float32 bfloat16
-  python -m benchmarks.train_step --sizes 512 --remat off on --iters 1 --isolate   # remat memory saving
+  python -m benchmarks.train_step --sizes 512 --remat off on --iters 1 --warmup 0 --isolate   # remat memory saving
+  python -m benchmarks.train_step --sizes 128 --compare-torch --malloc retain   # glibc keeps freed memory
+
+Each line records the machine's 1-minute load average: on a shared machine compare only quiet runs.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def device_peak_flops(dtype: str, cpu_peak: float | None) -> tuple[float | None,
 
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        if cpu_peak is None:
+        if cpu_peak is None or dtype != "float32":  # the estimate is a float32 matmul rate
             return None, None
         return cpu_peak * jax.device_count(), "measured XLA float32 matmul (estimate, see RESULTS.md)"
     peak = common.peak_flops(dev.device_kind, dtype)
@@ -247,10 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--isolate", action="store_true", help="run every case in a fresh process (clean peak RSS)")
     parser.add_argument(
         "--malloc",
-        choices=["retain", "default"],
-        default="retain",
-        help="'retain': re-run under benchmarks.common.RETAINING_MALLOC_ENV (no per-step page faults); "
-        "'default': the process's own malloc settings",
+        choices=["default", "retain"],
+        default="default",
+        help="'default': the process's own malloc settings; 'retain': re-run under "
+        "benchmarks.common.RETAINING_MALLOC_ENV (no per-step page faults; speeds up both implementations)",
     )
     args = parser.parse_args(argv)
     if args.malloc == "retain":
