@@ -66,7 +66,7 @@ def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarr
 
 def load_generator_from_run(workdir: str | pathlib.Path, direction: str, step: int | None = None):
     """(generator, params, step) of the newest (or given) checkpoint of a training run."""
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
     saved = checkpoint.load_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     if saved is None or not ckpt_dir.is_dir():

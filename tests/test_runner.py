@@ -163,7 +163,8 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     )
     assert one.returncode == 0, one.stderr
     assert Image.open(tmp_path / "o1" / "odd.png").size == (53, 37)
-    many = run("--workdir", str(workdir), "--input", str(src), "--output", str(tmp_path / "o2"))
+    # A relative --workdir (as users type it) must work too: Orbax itself only takes absolute paths.
+    many = run("--workdir", os.path.relpath(workdir, ROOT), "--input", str(src), "--output", str(tmp_path / "o2"))
     assert many.returncode == 0, many.stderr
     assert sorted(str(p.relative_to(tmp_path / "o2")) for p in (tmp_path / "o2").rglob("*.png")) == [
         "odd.png", "sub/a.png", "sub/b.png"]  # fmt: skip
