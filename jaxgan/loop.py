@@ -328,12 +328,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             writer.close()
 
     summary = write_results(config, workdir, state, mesh)
-    if summary and main:
-        for d in ("AtoB", "BtoA"):
-            log.info("%s: L1 to the ground truth %.4f vs identity %.4f (ratio %.3f); 4x4-pooled ratio %.3f",
-                     d, summary[f"{d}/l1"], summary[f"{d}/l1_identity"], summary[f"{d}/ratio"],
-                     summary[f"{d}/pooled_ratio"])  # fmt: skip
+    if main:
+        _log_summary(summary)
     return state
+
+
+def _log_summary(summary: dict[str, float]) -> None:
+    """One console line per direction with whichever results exist (synthetic L1, FID/KID)."""
+    for d in ("AtoB", "BtoA"):
+        if f"{d}/l1" in summary:
+            log.info("%s: L1 to the ground truth %.4f vs identity %.4f (ratio %.3f; 4x4-pooled %.3f); "
+                     "inside the shapes %.4f vs %.4f, background %.4f",
+                     d, summary[f"{d}/l1"], summary[f"{d}/l1_identity"], summary[f"{d}/ratio"],
+                     summary[f"{d}/pooled_ratio"], summary[f"{d}/shapes_l1"], summary[f"{d}/shapes_l1_identity"],
+                     summary[f"{d}/background_l1"])  # fmt: skip
+        if f"{d}/fid" in summary:
+            log.info("%s: FID %.2f, KID %.4f", d, summary[f"{d}/fid"], summary[f"{d}/kid"])
 
 
 def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
@@ -354,4 +364,7 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         ckpt.close()
     if state is None:
         raise checkpoint.CheckpointError(f"No checkpoint in {workdir / 'checkpoints'}.")
-    return write_results(config, workdir, state, mesh)
+    summary = write_results(config, workdir, state, mesh)
+    if jax.process_index() == 0:
+        _log_summary(summary)
+    return summary

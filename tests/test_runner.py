@@ -182,6 +182,15 @@ def test_results_mode_rewrites_the_page(uninterrupted):
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
 
 
+def test_summary_log_handles_real_data_without_ground_truth(caplog):
+    """Real data sets have FID/KID but no synthetic L1: the final log lines must cope with either."""
+    with caplog.at_level(logging.INFO, logger=loop.log.name):
+        loop._log_summary({"AtoB/fid": 87.5, "AtoB/kid": 0.021, "BtoA/fid": 120.25, "BtoA/kid": 0.03})
+        loop._log_summary({})
+    assert "AtoB: FID 87.50, KID 0.0210" in caplog.text and "BtoA: FID 120.25" in caplog.text
+    assert "L1" not in caplog.text
+
+
 def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
     from jaxgan import inception
 
