@@ -4,7 +4,7 @@ Per case (image size x batch x compute dtype) one JSON line: median and min ms
 per batch after warm-up, compile time, images/s, XLA's FLOP count and the
 analytic convolution FLOPs (``benchmarks.common.generator_layer_macs``), peak
 memory. With ``--compare-torch`` the PyTorch replica's generator
-(``benchmarks.torch_reference``, eager, ``torch.inference_mode``) runs
+(``benchmarks.torch_replica``, eager, ``torch.inference_mode``) runs
 interleaved in the same process and a ``ratio`` line gives JAX / torch.
 
 ``--bf16-check`` adds one line per size comparing bfloat16-compute translations
@@ -55,10 +55,10 @@ def build_torch(size: int, batch: int, dtype: str, threads: int) -> Any:
     """The replica's generator, eager, under ``inference_mode`` (bfloat16 through CPU autocast)."""
     import torch
 
-    from benchmarks import torch_reference
+    from benchmarks import torch_replica
 
     torch.set_num_threads(threads)
-    gen = torch_reference.build().ResnetGenerator().eval()
+    gen = torch_replica.ResnetGenerator().eval()
     images = torch.rand(batch, 3, size, size) * 2 - 1
 
     def run() -> None:

@@ -1,7 +1,8 @@
 """A PyTorch replica of the official CycleGAN training iteration, timed like the JAX step.
 
-Same architecture as ``jaxgan.models`` (ResNet-9 generator, 70x70 PatchGAN,
-non-affine instance norm, reflection padding) and the official iteration of
+The networks are ``benchmarks.torch_replica`` (ResNet-9 generator, 70x70 PatchGAN,
+non-affine instance norm, reflection padding), the same modules that
+tests/test_interop.py checks against ``jaxgan.models``; the iteration is the one of
 ``models/cycle_gan_model.py``: G forward (fake, reconstruction, identity), one
 backward of the summed generator loss, one Adam step over both generators; then
 the discriminators on real images and pooled fakes (50-image history pool), one
@@ -32,102 +33,30 @@ def available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def build(ngf: int = 64, ndf: int = 64, n_blocks: int = 9) -> Any:
-    """Define the replica's modules; returns a namespace with the classes (torch imported here)."""
-    import torch
-    from torch import nn
+class ImagePool:
+    """The official ``util/image_pool.py`` (Python ``random``): 50 past fakes, each query swaps with p = 0.5."""
 
-    def norm(c: int) -> nn.Module:
-        return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+    def __init__(self, size: int) -> None:
+        self.size, self.images = size, []
 
-    class ResnetBlock(nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.conv_block = nn.Sequential(
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(c, c, 3, bias=True),
-                norm(c),
-                nn.ReLU(True),
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(c, c, 3, bias=True),
-                norm(c),
-            )
+    def query(self, images: Any) -> Any:
+        import torch
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.conv_block(x)
-
-    class ResnetGenerator(nn.Module):
-        """c7s1-64, d128, d256, n x R256, u128, u64, c7s1-3, tanh. ``[B, 3, H, W]`` -> same."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), norm(ngf), nn.ReLU(True)]
-            for i in range(2):
-                c = ngf * 2**i
-                layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm(2 * c), nn.ReLU(True)]
-            layers += [ResnetBlock(4 * ngf) for _ in range(n_blocks)]
-            for i in range(2):
-                c = ngf * 2 ** (2 - i)
-                layers += [
-                    nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
-                    norm(c // 2),
-                    nn.ReLU(True),
-                ]
-            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
-            self.model = nn.Sequential(*layers)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)
-
-    class PatchDiscriminator(nn.Module):
-        """70x70 PatchGAN. ``[B, 3, H, W]`` -> ``[B, 1, H', W']`` raw scores."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            layers: list[nn.Module] = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-            mult = 1
-            for n in range(1, 4):
-                prev, mult = mult, min(2**n, 8)
-                layers += [
-                    nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if n < 3 else 1, 1),
-                    norm(ndf * mult),
-                    nn.LeakyReLU(0.2, True),
-                ]
-            layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
-            self.model = nn.Sequential(*layers)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)
-
-    class ImagePool:
-        """The official ``util/image_pool.py`` (Python ``random``)."""
-
-        def __init__(self, size: int) -> None:
-            self.size, self.images = size, []
-
-        def query(self, images: torch.Tensor) -> torch.Tensor:
-            if self.size == 0:
-                return images
-            out = []
-            for image in images:
-                image = image.data.unsqueeze(0)
-                if len(self.images) < self.size:
-                    self.images.append(image)
-                    out.append(image)
-                elif random.uniform(0, 1) > 0.5:
-                    idx = random.randint(0, self.size - 1)
-                    out.append(self.images[idx].clone())
-                    self.images[idx] = image
-                else:
-                    out.append(image)
-            return torch.cat(out, 0)
-
-    class Namespace:
-        pass
-
-    ns = Namespace()
-    ns.ResnetGenerator, ns.PatchDiscriminator, ns.ImagePool = ResnetGenerator, PatchDiscriminator, ImagePool
-    return ns
+        if self.size == 0:
+            return images
+        out = []
+        for image in images:
+            image = image.data.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image)
+                out.append(image)
+            elif random.uniform(0, 1) > 0.5:
+                idx = random.randint(0, self.size - 1)
+                out.append(self.images[idx].clone())
+                self.images[idx] = image
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
 
 
 class CycleGANIteration:
@@ -143,10 +72,11 @@ class CycleGANIteration:
 
         torch.manual_seed(seed)
         random.seed(seed)
-        ns = build()
+        from benchmarks import torch_replica
+
         self.torch = torch
-        self.g_a, self.g_b = ns.ResnetGenerator(), ns.ResnetGenerator()
-        self.d_a, self.d_b = ns.PatchDiscriminator(), ns.PatchDiscriminator()
+        self.g_a, self.g_b = torch_replica.ResnetGenerator(), torch_replica.ResnetGenerator()
+        self.d_a, self.d_b = torch_replica.NLayerDiscriminator(), torch_replica.NLayerDiscriminator()
         for net in (self.g_a, self.g_b, self.d_a, self.d_b):
             for m in net.modules():
                 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -156,7 +86,7 @@ class CycleGANIteration:
         d_params = list(self.d_a.parameters()) + list(self.d_b.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(d_params, lr=2e-4, betas=(0.5, 0.999))
-        self.pool_a, self.pool_b = ns.ImagePool(pool_size), ns.ImagePool(pool_size)
+        self.pool_a, self.pool_b = ImagePool(pool_size), ImagePool(pool_size)
         self.l1, self.mse = nn.L1Loss(), nn.MSELoss()
         self.dtype = dtype
 

@@ -181,7 +181,7 @@ def test_reading_pth_without_torch_names_the_extra(monkeypatch, tmp_path):
 def torch_replica():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
-    import torch_replica as replica  # tests/ is on sys.path under pytest's rootdir-relative import
+    from benchmarks import torch_replica as replica
 
     return replica
 
