@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 from benchmarks import common
@@ -149,6 +152,64 @@ def make_step(size: int, batch: int, dtype: str = "float32", threads: int | None
     return lambda: it.step(real_a, real_b)
 
 
+class SeparateProcessStep:
+    """:func:`make_step` in a child process, driven in lockstep: calling the object runs one iteration there.
+
+    For comparisons in which each implementation runs under its own process-wide
+    settings (e.g. JAX with ``--malloc hugepages``, PyTorch with the defaults):
+    the child gets ``env`` (default: this process's environment without the
+    :data:`benchmarks.common.MALLOC_MODES` variables). Calls still interleave with
+    the parent's own work, so machine load hits both alike.
+    """
+
+    def __init__(self, size: int, batch: int, dtype: str, threads: int, env: dict[str, str] | None = None) -> None:
+        if env is None:
+            drop = {k for mode in common.MALLOC_MODES.values() for k in mode}
+            env = {k: v for k, v in os.environ.items() if k not in drop}
+        argv = [sys.executable, "-m", "benchmarks.torch_reference", "--serve", str(size), str(batch), dtype]
+        argv += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if self._read() != "ready":
+            raise RuntimeError("the PyTorch child process did not start")
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch child process exited (code {self.proc.poll()})")
+        return line.strip()
+
+    def __call__(self) -> None:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        self._read()
+
+    def peak_rss_mb(self) -> float:
+        """The child's peak RSS (MiB), from /proc (Linux), or NaN."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def _serve(size: int, batch: int, dtype: str, threads: int | None) -> None:
+    """The child side of :class:`SeparateProcessStep`: one iteration per 'step' line on stdin."""
+    step = make_step(size, batch, dtype, threads)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            step()
+            print("done", flush=True)
+
+
 def analytic_flops(size: int, batch: int) -> int:
     """The same analytic conv count as the JAX benchmark (one iteration, multiply-add = 2 FLOPs)."""
     return common.step_conv_flops(size, batch)
@@ -162,7 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument("--serve", nargs=3, metavar=("SIZE", "BATCH", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve:
+        _serve(int(args.serve[0]), int(args.serve[1]), args.serve[2], args.threads)
+        return
     if not available():
         print(json.dumps({"impl": "torch", "skipped": "torch is not installed (pip install -e '.[bench]')"}))
         return

@@ -25,7 +25,7 @@ Everything else::
 
   python -m benchmarks.train_step --sizes 64 128 256 --batch 1 4 16 --dtype float32 bfloat16
   python -m benchmarks.train_step --sizes 512 --remat off on --iters 1 --warmup 0 --isolate   # remat memory saving
-  python -m benchmarks.train_step --sizes 128 --compare-torch --malloc retain   # glibc keeps freed memory
+  python -m benchmarks.train_step --sizes 128 --malloc hugepages   # glibc malloc on transparent huge pages
 
 Each line records the machine's 1-minute load average: on a shared machine compare only quiet runs.
 """
@@ -178,7 +178,12 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
     if args.compare_torch:
         from benchmarks import torch_reference
 
-        if torch_reference.available():
+        if torch_reference.available() and args.torch_process:
+            child = torch_reference.SeparateProcessStep(size, batch, dtype, threads)
+            fns["torch"] = child
+            child()
+            torch_mem = {"peak_rss_mb": round(child.peak_rss_mb(), 1), "process": "separate"}
+        elif torch_reference.available():
             fns["torch"] = torch_reference.make_step(size, batch, dtype, threads)
             common.reset_peak_rss()
             fns["torch"]()
@@ -186,13 +191,21 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
         else:
             print(json.dumps({"impl": "torch", "skipped": "torch is not installed (pip install -e '.[bench]')"}))
     load_before = os.getloadavg()[0]
-    times = common.time_interleaved(fns, args.warmup, args.iters)
+    kernel_stats: dict[str, dict[str, float]] = {}
+    times = common.time_interleaved(fns, args.warmup, args.iters, kernel_stats)
     load = round((load_before + os.getloadavg()[0]) / 2, 2)
     flops = common.step_conv_flops(size, batch)
     peak, peak_src = device_peak_flops(dtype, cpu_peak)
     info = device_info()
+    separate = torch_mem.get("process") == "separate"
+    if separate:
+        fns["torch"].close()
+        # The child's page faults and kernel time are not this process's: not measured.
+        kernel_stats["torch"] = {"minor_faults_per_call": None, "kernel_s_per_call": None}
     for impl, ts in times.items():
-        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load, "malloc": common.malloc_mode()}
+        mode = "default" if impl == "torch" and separate else common.malloc_mode()
+        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load, "malloc": mode}
+        extra.update(kernel_stats[impl])
         if impl == "jax":
             extra.update(facts)
             extra.update(jax_mem)
@@ -217,6 +230,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
             "min": round(med["jax"]["min_ms"] / med["torch"]["min_ms"], 3),
             "loadavg_1m": load,
             "malloc": common.malloc_mode(),
+            "torch_process": "separate" if separate else "same",
         }
         print(json.dumps(ratio), flush=True)
 
@@ -227,6 +241,8 @@ def _case_argv(args: argparse.Namespace, size: int, batch: int, dtype: str, rema
     argv += ["--warmup", str(args.warmup), "--cpu-peak", args.cpu_peak, "--malloc", args.malloc]
     if args.compare_torch:
         argv.append("--compare-torch")
+    if args.torch_process:
+        argv.append("--torch-process")
     if args.torch_threads:
         argv += ["--torch-threads", str(args.torch_threads)]
     return argv
@@ -241,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=3, help="timed steps per implementation")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation after compiling")
     parser.add_argument("--compare-torch", action="store_true", help="also time the PyTorch replica, interleaved")
+    parser.add_argument(
+        "--torch-process",
+        action="store_true",
+        help="run the PyTorch replica in a child process (default malloc settings), in lockstep with JAX",
+    )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     parser.add_argument(
         "--cpu-peak",
@@ -250,14 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--isolate", action="store_true", help="run every case in a fresh process (clean peak RSS)")
     parser.add_argument(
         "--malloc",
-        choices=["default", "retain"],
+        choices=["default", *common.MALLOC_MODES],
         default="default",
-        help="'default': the process's own malloc settings; 'retain': re-run under "
-        "benchmarks.common.RETAINING_MALLOC_ENV (no per-step page faults; speeds up both implementations)",
+        help="'default': the process's own malloc settings; 'retain' or 'hugepages': re-run under "
+        "benchmarks.common.MALLOC_MODES[mode] (see there; applies to both implementations)",
     )
     args = parser.parse_args(argv)
-    if args.malloc == "retain":
-        common.reexec_with_retaining_malloc("benchmarks.train_step", sys.argv[1:] if argv is None else argv)
+    if args.malloc != "default":
+        common.reexec_with_malloc(args.malloc, "benchmarks.train_step", sys.argv[1:] if argv is None else argv)
 
     cases = [
         (size, batch, dtype, remat == "on")
