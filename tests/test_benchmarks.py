@@ -1,0 +1,55 @@
+"""The benchmark harness's own pieces: interleaved timing with page-fault counts, malloc modes, the torch child."""
+
+import mmap
+import sys
+
+import pytest
+
+from benchmarks import common
+
+
+def test_interleaved_timing_counts_page_faults_per_call():
+    def fresh_memory():  # 64 MB of new anonymous pages on every call (4 KB pages: no huge-page advice)
+        with mmap.mmap(-1, 64 * 2**20) as m:
+            if hasattr(mmap, "MADV_NOHUGEPAGE"):  # machines with THP 'always' would fault once per 2 MB
+                m.madvise(mmap.MADV_NOHUGEPAGE)
+            m.write(b"\x01" * len(m))
+
+    calls = []
+    stats = {}
+    times = common.time_interleaved(
+        {"alloc": fresh_memory, "noop": lambda: calls.append(1)}, warmup=1, iters=3, kernel_stats=stats
+    )
+    assert [len(v) for v in times.values()] == [3, 3] and len(calls) == 4  # warm-up included
+    assert stats["alloc"]["minor_faults_per_call"] > 10_000  # 16,384 pages of 4 KB touched
+    assert stats["noop"]["minor_faults_per_call"] < 100
+    assert set(stats["noop"]) == {"minor_faults_per_call", "kernel_s_per_call"}
+
+
+def test_malloc_mode_reads_the_environment(monkeypatch):
+    for mode, env in common.MALLOC_MODES.items():
+        for k in {k for e in common.MALLOC_MODES.values() for k in e}:
+            monkeypatch.delenv(k, raising=False)
+        assert common.malloc_mode() == "default"
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert common.malloc_mode() == mode
+
+
+def test_torch_replica_in_a_lockstep_child_process(monkeypatch):
+    pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    monkeypatch.setenv("GLIBC_TUNABLES", common.MALLOC_MODES["hugepages"]["GLIBC_TUNABLES"])
+    child = torch_reference.SeparateProcessStep(32, 1, "float32", threads=1)
+    try:
+        child()
+        child()
+        assert child.proc.poll() is None  # still serving
+        if sys.platform.startswith("linux"):
+            assert child.peak_rss_mb() > 50
+            with open(f"/proc/{child.proc.pid}/environ", "rb") as f:
+                assert b"GLIBC_TUNABLES" not in f.read()  # the child runs with the default allocator
+    finally:
+        child.close()
+    assert child.proc.returncode == 0
