@@ -81,15 +81,20 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size in MiB since start or the last :func:`reset_peak_rss` (``VmHWM``)."""
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident set size in MiB since start or the last :func:`reset_peak_rss` (``VmHWM``).
+
+    ``pid``: another process (Linux /proc only; NaN where it cannot be read); default this one.
+    """
     try:
-        with open(f"/proc/{os.getpid()}/status") as f:
+        with open(f"/proc/{pid or os.getpid()}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid is not None:
+        return float("nan")
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
 

@@ -185,14 +185,7 @@ class SeparateProcessStep:
 
     def peak_rss_mb(self) -> float:
         """The child's peak RSS (MiB), from /proc (Linux), or NaN."""
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
+        return common.peak_rss_mb(self.proc.pid)
 
     def close(self) -> None:
         if self.proc.poll() is None:
