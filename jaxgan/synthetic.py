@@ -12,9 +12,10 @@ outline, never on absolute position), its structure is coarse (a band is ``BAND_
 image, about 6 pixels at 64x64), and both domains share one background distribution, so the simplest
 mapping that matches the distributions is the true one. That background is smooth (a coarse texture, a
 small per-scene tint and faint per-pixel noise): a generator can reproduce it, so leaving it untouched is
-learnable and the L1 to the truth measures the shapes, not the noise. (With four times the noise and
-twice the tint, a 1,600-step demo missed the background by 0.125 L1 and lost to the identity baseline,
-while halving the error inside the shapes.)
+learnable and the L1 to the truth measures the shapes, not the noise. (An earlier version had three
+times the pixel noise, twice the tint, 1.5 times the texture and 1/12-image bands. There a 1,600-step
+demo missed the background by 0.125 L1 and lost to the identity baseline, while halving the error
+inside the shapes.)
 
 Every scene is a pure function of ``(seed, split, index)``; geometry is drawn in image-relative units,
 so one scene can be rendered at any size (only the per-pixel noise depends on the size). The four
