@@ -3,8 +3,8 @@
     python tests/parallel_worker.py MODE OUT [ARGS...]
 
 Modes (each writes ``OUT`` as .npz or .json):
-  equivalence OUT            3 steps on all devices vs 3 steps on the first device only, same global batch
-  multiprocess OUT PORT N I  process I of N joined on 127.0.0.1:PORT: 3 steps, process 0 saves the parameters
+  equivalence OUT            1 step on all devices vs 1 step on the first device only, same global batch
+  multiprocess OUT PORT N I  process I of N joined on 127.0.0.1:PORT: 1 step, process 0 saves the parameters
   save OUT CKPT STEPS        train STEPS steps on all devices, save an Orbax checkpoint in CKPT
   resume OUT CKPT            restore CKPT onto all devices, train one more step
 """
@@ -35,7 +35,7 @@ GLOBAL_BATCH = 4
 def config():
     c = horse2zebra.get_config("tiny")
     c.batch_size = GLOBAL_BATCH
-    c.pool_size = 6  # smaller than the 12 fakes of three steps: the pool fills, then swaps
+    c.pool_size = 2  # smaller than the 4 fakes of one step: the pool fills, then swaps
     return c
 
 
@@ -53,7 +53,7 @@ def setup(mesh):
     return c, stream, abstract, parallel.state_sharding(abstract, mesh)
 
 
-def run(mesh, steps=3, state=None, start=0):
+def run(mesh, steps=1, state=None, start=0):
     c, stream, _, shardings = setup(mesh)
     if state is None:
         state = jax.jit(lambda: train.create_train_state(c, jax.random.PRNGKey(0)), out_shardings=shardings)()
@@ -73,11 +73,20 @@ def main() -> None:
         s1, l1, _, _ = run(parallel.make_mesh(devices=jax.devices()[:1]))
         a = flat({"params": s4.params, "pool_a": s4.pool_a, "pool_b": s4.pool_b})
         b = flat({"params": s1.params, "pool_a": s1.pool_a, "pool_b": s1.pool_b})
-        rel = max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in a)
+        params = [k for k in a if k.startswith("['params']")]
+        rel = max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in params)
+        # Negative control: one device on another global batch, as a wrong split or a missing sum would be.
+        wrong, _, _, _ = run(parallel.make_mesh(devices=jax.devices()[:1]), start=1)
+        w = flat({"params": wrong.params})
+        control = sum(int(np.sum(np.abs(w[k] - b[k]) > 1e-6)) for k in params)
         pools_equal = all(np.array_equal(a[k], b[k]) for k in a if "pool" in k and "count" in k)
         result = {
             "devices": jax.device_count(),
             "max_rel_diff": rel,
+            "max_abs_diff": max(float(np.max(np.abs(a[k] - b[k]))) for k in params),
+            "params_differing": sum(int(np.sum(np.abs(a[k] - b[k]) > 1e-6)) for k in params),
+            "params_total": sum(a[k].size for k in params),
+            "params_differing_other_batch": control,
             "losses4": l4,
             "losses1": l1,
             "pool_counts_equal": pools_equal,

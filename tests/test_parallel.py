@@ -31,9 +31,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _max_rel(a, b, keys=None):
+# How far runs that differ only in how their sums are split over devices and processes may differ.
+# Their gradients agree to float rounding, which in these tiny networks at initialisation is about 1e-4
+# relative (sums over rows that nearly cancel). Adam normalises that away, except where it cannot: its
+# first step is lr * g / (|g| + eps), so an element whose true gradient is zero moves by 0 or +-lr with its
+# rounding noise (a few per 10,000 elements here; 146 of 190,968 in the 2-process run). Later GAN steps
+# spread such differences to every parameter, so the comparisons are of single steps. A real error (a
+# missing cross-device sum, a wrong batch split) changes the sign of a large share of all gradients.
+LR = 2e-4
+MAX_FLIPPED = 0.002  # share of parameters allowed to differ by up to one Adam step
+
+
+def _assert_same_params(a, b, keys=None):
     keys = keys or a.files
-    return max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in keys)
+    total = sum(a[k].size for k in keys)
+    differing = sum(int(np.sum(np.abs(a[k] - b[k]) > 1e-6)) for k in keys)
+    max_abs = max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
+    assert differing <= MAX_FLIPPED * total, f"{differing} of {total} parameters differ by more than 1e-6"
+    assert max_abs <= 2.5 * LR, f"max abs difference {max_abs} is more than one opposite Adam step"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +62,10 @@ def four_devices(tmp_path_factory):
 def test_four_devices_equal_one_device(four_devices):
     result, _ = four_devices
     assert result["devices"] == 4
-    assert result["max_rel_diff"] < 1e-5
+    assert result["params_differing"] <= MAX_FLIPPED * result["params_total"]
+    # The criterion catches real errors: another batch changes most parameters' update.
+    assert result["params_differing_other_batch"] > 0.3 * result["params_total"]
+    assert result["max_abs_diff"] <= 2.5 * LR
     np.testing.assert_allclose(result["losses4"], result["losses1"], rtol=1e-6)
     # One global pool, visited in global-batch order: same contents on any device count.
     assert result["pool_counts_equal"] and result["pool_max_abs_diff"] < 1e-5
@@ -66,15 +84,15 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, four_device
     for d in ("A", "B"):
         assert len(info[0]["rows_step0"][d]) == 2 and len(info[1]["rows_step0"][d]) == 2
     assert not set(info[0]["rows_step0"]["A"]) & set(info[1]["rows_step0"]["A"])
-    assert _max_rel(np.load(out), reference) < 1e-5
+    _assert_same_params(np.load(out), reference)
 
 
 def test_checkpoint_moves_between_device_counts(tmp_path):
     # Saved on 4 devices -> restored on 1 and on 2; saved on 1 -> restored on 4. Each continues one step.
     ck4, ck1 = tmp_path / "ck4", tmp_path / "ck1"
     saves = [
-        _run(["save", tmp_path / "s4.npz", ck4, 2], devices=4),
-        _run(["save", tmp_path / "s1.npz", ck1, 2], devices=1),
+        _run(["save", tmp_path / "s4.npz", ck4, 1], devices=4),
+        _run(["save", tmp_path / "s1.npz", ck1, 1], devices=1),
     ]
     for p in saves:
         _check(p)
@@ -90,14 +108,14 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     for name, devices, saved in (("r41", 1, saved4), ("r42", 2, saved4), ("r14", 4, saved1)):
         data = np.load(tmp_path / f"{name}.npz")
         meta = json.loads((tmp_path / f"{name}.npz.json").read_text())
-        assert meta == {"step": 2, "devices": devices, "final_step": 3}
+        assert meta == {"step": 1, "devices": devices, "final_step": 2}
         for k in saved.files:  # restored exactly
             np.testing.assert_array_equal(data[f"restored{k}"], saved[k])
         finals[name] = {k: data[k] for k in saved.files}
     # Continuing on 1, 2 or 4 devices gives the same parameters up to float rounding.
     keys = list(saved4.files)
-    assert max(float(np.max(np.abs(finals["r41"][k] - finals["r42"][k]))) for k in keys) < 1e-5
-    assert max(float(np.max(np.abs(finals["r41"][k] - finals["r14"][k]))) for k in keys) < 1e-4
+    _assert_same_params(finals["r41"], finals["r42"], keys)
+    _assert_same_params(finals["r41"], finals["r14"], keys)
 
 
 def test_partition_rules_shard_matching_params_and_their_adam_moments():
