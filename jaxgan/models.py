@@ -233,35 +233,6 @@ def _reflect_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Dtype
 _TAP = ((1, None), (2, 0))
 
 
-def _phase_kernel(kernel: jax.Array) -> jax.Array:
-    """``[3, 3, I, O]`` transposed-conv taps -> ``[2, 2, I, 4 * O]`` phase-form kernel.
-
-    ``k2[dy, dx, :, (py, px, o)] = kernel[_TAP[py][dy], _TAP[px][dx], :, o]`` (zero
-    where there is no tap), built by placing slices: exact, and no matmul.
-    """
-    zero = jnp.zeros_like(kernel[0, 0])
-    rows = []
-    for dy in range(2):
-        cols = []
-        for dx in range(2):
-            phases = []
-            for py in range(2):
-                for px in range(2):
-                    ty, tx = _TAP[py][dy], _TAP[px][dx]
-                    phases.append(zero if ty is None or tx is None else kernel[ty, tx])
-            cols.append(jnp.concatenate(phases, axis=-1))
-        rows.append(jnp.stack(cols))
-    return jnp.stack(rows)
-
-
-def _conv_transpose_phase_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The transposed conv as ONE 2x2 convolution to ``4 * C_out`` channels (7 of its 16 taps are zero)."""
-    b, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    y = _conv_valid(xp, _phase_kernel(kernel)).reshape(b, h, w, 2, 2, kernel.shape[-1])
-    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, kernel.shape[-1])
-
-
 def _conv_transpose_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The transposed conv as four convolutions, one per output phase, with only its real taps (1, 2, 2, 4)."""
     b, h, w, _ = x.shape
@@ -290,8 +261,10 @@ def _conv_transpose_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
       ``[B, 2H, 2W, C_out]``.
 
     Output and input gradient use the four exact phase convolutions; the kernel
-    gradient uses the single phase-form convolution, whose kernel gradient
-    XLA:CPU computes faster than those of the four small ones (measured).
+    gradient is :func:`_kernel_grad_s2_phases` with the roles of input and
+    output gradient swapped (measured faster on XLA:CPU than the kernel
+    gradients of the four phase convolutions, or of a single 2x2 convolution to
+    ``4 * C_out`` channels).
     """
     return _conv_transpose_phases(x, kernel)
 
@@ -303,8 +276,10 @@ def _conv_transpose_s2_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, 
 def _conv_transpose_s2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
     dx = jax.vjp(lambda xx: _conv_transpose_phases(xx, kernel), x)[1](g)[0]
-    dk = jax.vjp(lambda kk: _conv_transpose_phase_form(x, kk), kernel)[1](g)[0]
-    return dx, dk
+    # The transposed conv is the adjoint of Conv2d(k=3, s=2, p=1) in its input, so its
+    # kernel gradient is that conv's kernel gradient with input g and output gradient x.
+    dk = _kernel_grad_s2_phases(g, x).transpose(0, 1, 3, 2)
+    return dx, dk.astype(kernel.dtype)
 
 
 _conv_transpose_s2.defvjp(_conv_transpose_s2_fwd, _conv_transpose_s2_bwd)
@@ -373,7 +348,7 @@ def _conv_down(x: jax.Array, kernel: jax.Array) -> jax.Array:
     transposed convolution of the output gradient with the same weights
     (``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)``), computed by
     :func:`_conv_transpose_phases` (XLA's own is an input-dilated convolution,
-    slow on XLA:CPU); its kernel gradient is that of :func:`_conv_s2d`.
+    slow on XLA:CPU); its kernel gradient is :func:`_kernel_grad_s2_phases`.
     """
     return _conv_s2(x, kernel)
 
@@ -385,8 +360,37 @@ def _conv_down_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[ja
 def _conv_down_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
     dx = _conv_transpose_phases(g, kernel.transpose(0, 1, 3, 2))
-    dk = jax.vjp(lambda kk: _conv_s2d(x, kk), kernel)[1](g)[0]
-    return dx, dk
+    return dx, _kernel_grad_s2_phases(x, g).astype(kernel.dtype)
+
+
+def _kernel_grad_s2_phases(x: jax.Array, g: jax.Array) -> jax.Array:
+    """Kernel gradient of ``Conv2d(k=3, stride=2, padding=1)`` on even H and W, by input phase.
+
+    ``dk[ky, kx] = sum_{b, m, n} xpad[b, 2m + ky, 2n + kx] g[b, m, n]``: tap ``ky = 2 qy + py``
+    only reads the rows of phase ``py`` of the padded input. So the 9 taps are the
+    kernel gradients of four stride-1 convolutions of the phase images, with
+    2x2, 2x1, 1x2 and 1x1 kernels: no wasted taps (the space-to-depth form of
+    :func:`_conv_s2d` computes 16) and no strided convolution (slow on XLA:CPU).
+
+    Args:
+      x: ``[B, H, W, C_in]``; g: ``[B, H / 2, W / 2, C_out]``.
+
+    Returns:
+      ``[3, 3, C_in, C_out]`` in float32 accumulation of ``x.dtype``.
+    """
+    oh, ow, c_out = g.shape[1], g.shape[2], g.shape[3]
+    xp = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))  # the bottom/right padding is never read
+    taps = {}
+    for py in range(2):
+        for px in range(2):
+            kh, kw = 2 - py, 2 - px
+            phase = xp[:, py::2, px::2][:, : oh + kh - 1, : ow + kw - 1]
+            zeros = jnp.zeros((kh, kw, x.shape[-1], c_out), x.dtype)
+            d = jax.vjp(lambda kk, phase=phase: _conv_valid(phase, kk), zeros)[1](g)[0]
+            for qy in range(kh):
+                for qx in range(kw):
+                    taps[2 * qy + py, 2 * qx + px] = d[qy, qx]
+    return jnp.stack([jnp.stack([taps[ky, kx] for kx in range(3)]) for ky in range(3)])
 
 
 _conv_down.defvjp(_conv_down_fwd, _conv_down_bwd)
@@ -417,19 +421,65 @@ class StridedConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-def _conv(features: int, kernel: int, stride: int, padding: Any, dtype: Dtype, name: str) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=padding,
-        use_bias=True,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=KERNEL_INIT,
-        bias_init=BIAS_INIT,
-        name=name,
-    )
+def _conv_pad1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def _conv_zero_pad1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 ``Conv2d(k, padding=1)`` (zero padding): ``[B, H, W, C_in]`` -> ``[B, H + 3 - k, W + 3 - k, C_out]``.
+
+    The forward pass is XLA's convolution; the gradients avoid XLA:CPU's slow
+    paths at the PatchGAN's last two layers (16x16 at 128x128 images):
+
+    * many output channels: the input gradient is a GEMM to ``k * k * C_in``
+      columns followed by :func:`_col2im`. XLA's own first transposes and flips
+      the whole kernel (8 MB for 4x4x256x512), which costs as much as the
+      convolution at these sizes.
+    * few output channels: the kernel gradient is :func:`_kernel_grad_by_swapped_conv`.
+    """
+    return _conv_pad1(x, kernel)
+
+
+def _conv_zero_pad1_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _conv_pad1(x, kernel), (x, kernel)
+
+
+def _conv_zero_pad1_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = res
+    k, _, c_in, c_out = kernel.shape
+    if c_out <= _FEW_CHANNELS:
+        dx = jax.vjp(lambda xx: _conv_pad1(xx, kernel), x)[1](g)[0]
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        return dx, _kernel_grad_by_swapped_conv(xp, g).astype(kernel.dtype)
+    cols = jnp.einsum("bhwo,ko->bhwk", g, kernel.reshape(k * k * c_in, c_out))
+    dx = _col2im(cols, k, c_in)[:, 1:-1, 1:-1]  # gradient of the padded input, minus its border
+    dk = jax.vjp(lambda kk: _conv_pad1(x, kk), kernel)[1](g)[0]
+    return dx, dk
+
+
+_conv_zero_pad1.defvjp(_conv_zero_pad1_fwd, _conv_zero_pad1_bwd)
+
+
+class PaddedConv(nn.Module):
+    """Stride-1 ``Conv2d(k, padding=1)`` (zero padding) with bias, computed by :func:`_conv_zero_pad1`.
+
+    Parameters exactly as ``nn.Conv``'s (``kernel: float32[k, k, C_in, C_out]``,
+    ``bias: float32[C_out]``). Input ``[B, H, W, C_in]``; output
+    ``[B, H + 3 - k, W + 3 - k, features]`` in ``dtype``.
+    """
+
+    features: int
+    kernel_size: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", KERNEL_INIT, (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", BIAS_INIT, (self.features,), jnp.float32)
+        y = _conv_zero_pad1(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
 class ResnetBlock(nn.Module):
@@ -505,7 +555,6 @@ class PatchDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pad = ((1, 1), (1, 1))
         x = x.astype(self.dtype)
         x = nn.leaky_relu(StridedConv(self.ndf, 4, self.dtype, name="conv_0")(x), 0.2)
         mult = 1
@@ -514,10 +563,10 @@ class PatchDiscriminator(nn.Module):
             if n < self.n_layers:
                 x = StridedConv(self.ndf * mult, 4, self.dtype, name=f"conv_{n}")(x)
             else:
-                x = _conv(self.ndf * mult, 4, 1, pad, self.dtype, f"conv_{n}")(x)
+                x = PaddedConv(self.ndf * mult, 4, self.dtype, name=f"conv_{n}")(x)
             x = InstanceNorm(self.norm_affine, name=f"norm_{n}")(x)
             x = nn.leaky_relu(x, 0.2)
-        x = _conv(1, 4, 1, pad, self.dtype, f"conv_{self.n_layers + 1}")(x)
+        x = PaddedConv(1, 4, self.dtype, name=f"conv_{self.n_layers + 1}")(x)
         return x.astype(jnp.float32)
 
 

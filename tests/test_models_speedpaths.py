@@ -1,8 +1,9 @@
 """The fast formulations in jaxgan.models against the plain ones: values and gradients.
 
 ``ReflectConv`` computes convolutions with few channels on one side as matrix
-products plus shifted sums, and ``ConvTranspose`` builds its phase kernel by
-placement; here each is compared with ``lax.conv_general_dilated`` (float32,
+products plus shifted sums, ``StridedConv`` and ``PaddedConv`` compute some
+gradients in other forms, and ``ConvTranspose`` is four phase convolutions;
+here each is compared with ``lax.conv_general_dilated`` (float32,
 to ~1e-5 relative) and the whole generator with a plain functional reference
 that uses only XLA convolutions.
 """
@@ -99,6 +100,28 @@ def test_strided_conv_matches_xla_conv(k, h, w):
         assert _rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("c_in, c_out, k, h", [(5, 12, 4, 9), (12, 1, 4, 8), (6, 7, 3, 10)])  # GEMM dx, few-out dk
+def test_padded_conv_matches_xla_conv(c_in, c_out, k, h):
+    layer = models.PaddedConv(c_out, k)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, h, h + 1, c_in))
+    params = _random_params(layer.init(jax.random.PRNGKey(1), x)["params"], jax.random.PRNGKey(2))
+    assert params["kernel"].shape == (k, k, c_in, c_out) and params["bias"].shape == (c_out,)
+
+    def ref(p, x):
+        return _conv(x, p["kernel"], 1, ((1, 1), (1, 1))) + p["bias"]
+
+    fast = lambda p, x: layer.apply({"params": p}, x)
+    y_ref = ref(params, x)
+    assert fast(params, x).shape == y_ref.shape == (2, h + 3 - k, h + 4 - k, c_out)
+    assert _rel(fast(params, x), y_ref) < 1e-5
+    target = jax.random.normal(jax.random.PRNGKey(3), y_ref.shape)
+    loss = lambda fn: lambda p, x: jnp.sum(jnp.square(fn(p, x) - target))
+    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref), strict=True):
+        assert _rel(a, b) < 1e-5
+
+
 def test_discriminator_matches_plain_reference_values_and_gradients():
     disc = models.PatchDiscriminator(ndf=8)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 48, 3), minval=-1, maxval=1)
@@ -126,18 +149,6 @@ def test_discriminator_matches_plain_reference_values_and_gradients():
     ):
         if not is_inert:
             assert _rel(a, b) < 1e-4
-
-
-def test_phase_kernel_places_the_pytorch_taps():
-    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 5)).astype(np.float32)
-    k2 = np.asarray(models._phase_kernel(jnp.asarray(kernel))).reshape(2, 2, 2, 2, 2, 5)
-    for dy in range(2):
-        for dx in range(2):
-            for py in range(2):
-                for px in range(2):
-                    ty, tx = models._TAP[py][dy], models._TAP[px][dx]
-                    want = 0.0 if ty is None or tx is None else kernel[ty, tx]
-                    np.testing.assert_array_equal(k2[dy, dx, :, py, px], np.broadcast_to(want, (2, 5)))
 
 
 def _reference_generator(p, x, n_blocks):
