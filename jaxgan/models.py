@@ -574,9 +574,16 @@ class PatchDiscriminator(nn.Module):
 # this model's convolutions (3x3 at 256 channels, batches of 1-3) its kernels
 # measured up to 2x slower than XLA's own Eigen convolutions, forward and
 # kernel gradient, and a whole train step at 128x128 about 2x slower (2-core
-# AVX-512 CPU, float32; benchmarks/RESULTS.md). This option keeps YNNPACK for
-# reductions and matrix products and gives convolutions back to Eigen.
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# AVX-512 CPU, float32; benchmarks/RESULTS.md). The first option keeps YNNPACK
+# for reductions and matrix products and gives convolutions back to Eigen.
+# The second: XLA:CPU's default copy insertion could not prove the in-place
+# updates of donated buffers safe and copied nearly every parameter and Adam
+# first moment at the start of the train step (286 copies, 22 ms of a 1.5 s
+# step at 128x128); with region analysis it proves them safe (0 copies).
+_CPU_OPTIONS: dict[str, Any] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "xla_cpu_copy_insertion_use_region_analysis": True,
+}
 # XLA:CPU's default scheduler ignores memory: it runs the recomputation of
 # rematerialised blocks early and ``nn.remat`` saves nothing. The
 # memory-optimised one makes remat effective (-27% temporary memory at 512x512)
@@ -586,7 +593,7 @@ _CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIM
 _CPU_OPTIONS_JAXLIB = ((0, 10), (0, 12))  # versions known to have these options: [0.10, 0.12)
 
 
-def xla_compiler_options(remat: bool = False, backend: str | None = None) -> dict[str, str]:
+def xla_compiler_options(remat: bool = False, backend: str | None = None) -> dict[str, Any]:
     """``compiler_options`` for ``jax.jit`` of any function that runs these networks.
 
     Args:
