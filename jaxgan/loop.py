@@ -8,6 +8,7 @@ talk to TensorBoard, and only process 0 does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pathlib
 import signal
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, input_pipeline, parallel, report, train
+from jaxgan import checkpoint, input_pipeline, models, parallel, report, train
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -93,7 +94,7 @@ def resolve_config(config: ml_collections.ConfigDict, steps_per_epoch: int) -> t
 def _make_sample_fn(cfg: train.StepConfig) -> Callable:
     gen = cfg.generator
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=models.xla_compiler_options(backend=jax.default_backend()))
     def sample(params: PyTree, real_a: jax.Array, real_b: jax.Array) -> dict[str, jax.Array]:
         def g(name: str, x: jax.Array) -> jax.Array:
             return gen.apply({"params": params[name]}, x).astype(jnp.float32)

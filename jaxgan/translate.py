@@ -16,7 +16,7 @@ import argparse
 import functools
 import pathlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -44,8 +44,7 @@ def make_generator(model_cfg: dict) -> models.ResnetGenerator:
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
+def _apply_fn(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
     h, w = images.shape[1:3]
     ph, pw = (-h) % 4, (-w) % 4
     if ph or pw:  # reflect-pad to a multiple of 4, translate, crop back
@@ -53,6 +52,17 @@ def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array)
         images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
     out = generator.apply({"params": params}, images)
     return out[:, :h, :w].astype(jnp.float32)
+
+
+@functools.cache
+def _compiled_apply(backend: str) -> Callable:
+    options = models.xla_compiler_options(backend=backend)
+    return jax.jit(_apply_fn, static_argnums=0, compiler_options=options)
+
+
+def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
+    """``generator`` on ``images: float[B, H, W, 3]`` (any H, W) -> float32, jitted with the XLA:CPU options."""
+    return _compiled_apply(jax.default_backend())(generator, params, images)
 
 
 def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
