@@ -233,6 +233,35 @@ def _reflect_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Dtype
 _TAP = ((1, None), (2, 0))
 
 
+def _phase_kernel(kernel: jax.Array) -> jax.Array:
+    """``[3, 3, I, O]`` transposed-conv taps -> ``[2, 2, I, 4 * O]`` phase-form kernel.
+
+    ``k2[dy, dx, :, (py, px, o)] = kernel[_TAP[py][dy], _TAP[px][dx], :, o]`` (zero
+    where there is no tap), built by placing slices: exact, and no matmul.
+    """
+    zero = jnp.zeros_like(kernel[0, 0])
+    rows = []
+    for dy in range(2):
+        cols = []
+        for dx in range(2):
+            phases = []
+            for py in range(2):
+                for px in range(2):
+                    ty, tx = _TAP[py][dy], _TAP[px][dx]
+                    phases.append(zero if ty is None or tx is None else kernel[ty, tx])
+            cols.append(jnp.concatenate(phases, axis=-1))
+        rows.append(jnp.stack(cols))
+    return jnp.stack(rows)
+
+
+def _conv_transpose_phase_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The transposed conv as ONE 2x2 convolution to ``4 * C_out`` channels (7 of its 16 taps are zero)."""
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    y = _conv_valid(xp, _phase_kernel(kernel)).reshape(b, h, w, 2, 2, kernel.shape[-1])
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, kernel.shape[-1])
+
+
 def _conv_transpose_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The transposed conv as four convolutions, one per output phase, with only its real taps (1, 2, 2, 4)."""
     b, h, w, _ = x.shape
@@ -260,11 +289,11 @@ def _conv_transpose_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
     Returns:
       ``[B, 2H, 2W, C_out]``.
 
-    Output and input gradient use the four exact phase convolutions; the kernel
+    Output and input gradient use the four exact phase convolutions. The kernel
     gradient is :func:`_kernel_grad_s2_phases` with the roles of input and
-    output gradient swapped (measured faster on XLA:CPU than the kernel
-    gradients of the four phase convolutions, or of a single 2x2 convolution to
-    ``4 * C_out`` channels).
+    output gradient swapped on inputs of up to ``_PHASE_GRAD_MAX_PIXELS``, and
+    that of :func:`_conv_transpose_phase_form` on larger ones (each the faster
+    on XLA:CPU there, measured on a 2-core AVX-512 CPU).
     """
     return _conv_transpose_phases(x, kernel)
 
@@ -276,9 +305,12 @@ def _conv_transpose_s2_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, 
 def _conv_transpose_s2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
     dx = jax.vjp(lambda xx: _conv_transpose_phases(xx, kernel), x)[1](g)[0]
-    # The transposed conv is the adjoint of Conv2d(k=3, s=2, p=1) in its input, so its
-    # kernel gradient is that conv's kernel gradient with input g and output gradient x.
-    dk = _kernel_grad_s2_phases(g, x).transpose(0, 1, 3, 2)
+    if x.shape[1] * x.shape[2] <= _PHASE_GRAD_MAX_PIXELS:
+        # The transposed conv is the adjoint of Conv2d(k=3, s=2, p=1) in its input, so its
+        # kernel gradient is that conv's kernel gradient with input g and output gradient x.
+        dk = _kernel_grad_s2_phases(g, x).transpose(0, 1, 3, 2)
+    else:
+        dk = jax.vjp(lambda kk: _conv_transpose_phase_form(x, kk), kernel)[1](g)[0]
     return dx, dk.astype(kernel.dtype)
 
 
@@ -348,7 +380,8 @@ def _conv_down(x: jax.Array, kernel: jax.Array) -> jax.Array:
     transposed convolution of the output gradient with the same weights
     (``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)``), computed by
     :func:`_conv_transpose_phases` (XLA's own is an input-dilated convolution,
-    slow on XLA:CPU); its kernel gradient is :func:`_kernel_grad_s2_phases`.
+    slow on XLA:CPU); its kernel gradient is :func:`_kernel_grad_s2_phases`, or that
+    of :func:`_conv_s2d` on large images (see ``_PHASE_GRAD_MAX_PIXELS``).
     """
     return _conv_s2(x, kernel)
 
@@ -360,7 +393,20 @@ def _conv_down_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[ja
 def _conv_down_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
     dx = _conv_transpose_phases(g, kernel.transpose(0, 1, 3, 2))
-    return dx, _kernel_grad_s2_phases(x, g).astype(kernel.dtype)
+    if g.shape[1] * g.shape[2] <= _PHASE_GRAD_MAX_PIXELS:
+        dk = _kernel_grad_s2_phases(x, g)
+    else:
+        dk = jax.vjp(lambda kk: _conv_s2d(x, kk), kernel)[1](g)[0]
+    return dx, dk.astype(kernel.dtype)
+
+
+# Kernel gradients of the stride-2 3x3 convs (both directions): the four phase
+# convolutions of _kernel_grad_s2_phases (9 taps) were faster than the single
+# 16-tap space-to-depth convolution up to a 64x64 half-resolution grid (e.g.
+# down_0 at 128x128 images: 2.5 vs 4.2 ms), and slower beyond (down_0 at
+# 256x256: 24 vs 18 ms), where XLA:CPU's kernel gradient of the small phase
+# kernels over large images loses efficiency.
+_PHASE_GRAD_MAX_PIXELS = 64 * 64
 
 
 def _kernel_grad_s2_phases(x: jax.Array, g: jax.Array) -> jax.Array:

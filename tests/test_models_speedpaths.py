@@ -78,8 +78,11 @@ def test_reflect_conv_bfloat16_close_to_float32(c_in, c_out):
     assert _rel(g["kernel"], g_ref["kernel"]) < 2e-2
 
 
+@pytest.mark.parametrize("small_grid_path", [True, False])
 @pytest.mark.parametrize("k, h, w", [(3, 12, 10), (4, 12, 10), (4, 13, 9), (3, 13, 9)])
-def test_strided_conv_matches_xla_conv(k, h, w):
+def test_strided_conv_matches_xla_conv(k, h, w, small_grid_path, monkeypatch):
+    if not small_grid_path:  # the kernel gradient that large images take
+        monkeypatch.setattr(models, "_PHASE_GRAD_MAX_PIXELS", 0)
     layer = models.StridedConv(6, k)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 5))
     params = _random_params(layer.init(jax.random.PRNGKey(1), x)["params"], jax.random.PRNGKey(2))
@@ -151,6 +154,18 @@ def test_discriminator_matches_plain_reference_values_and_gradients():
             assert _rel(a, b) < 1e-4
 
 
+def test_phase_kernel_places_the_pytorch_taps():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 5)).astype(np.float32)
+    k2 = np.asarray(models._phase_kernel(jnp.asarray(kernel))).reshape(2, 2, 2, 2, 2, 5)
+    for dy in range(2):
+        for dx in range(2):
+            for py in range(2):
+                for px in range(2):
+                    ty, tx = models._TAP[py][dy], models._TAP[px][dx]
+                    want = 0.0 if ty is None or tx is None else kernel[ty, tx]
+                    np.testing.assert_array_equal(k2[dy, dx, :, py, px], np.broadcast_to(want, (2, 5)))
+
+
 def _reference_generator(p, x, n_blocks):
     """The ResNet generator with plain XLA convolutions and a transposed conv (as PyTorch defines it)."""
 
@@ -181,7 +196,10 @@ def _reference_generator(p, x, n_blocks):
     return jnp.tanh(conv(p["conv_out"], models.reflect_pad(y, 3)))
 
 
-def test_generator_matches_plain_reference_values_and_gradients():
+@pytest.mark.parametrize("small_grid_path", [True, False])
+def test_generator_matches_plain_reference_values_and_gradients(small_grid_path, monkeypatch):
+    if not small_grid_path:  # the strided and transposed convs' kernel gradients that large images take
+        monkeypatch.setattr(models, "_PHASE_GRAD_MAX_PIXELS", 0)
     gen = models.ResnetGenerator(ngf=8, n_blocks=2)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 24, 20, 3), minval=-1, maxval=1)
     params = _random_params(gen.init(jax.random.PRNGKey(1), x)["params"], jax.random.PRNGKey(2), 0.2)
