@@ -125,8 +125,7 @@ def _conv_few_in(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """VALID stride-1 conv for few input channels; only its input gradient is reformulated.
 
     Forward and kernel gradient are XLA convolutions (their GEMMs are wide); the
-    input gradient, a convolution with few output channels, is a GEMM to
-    ``k * k * C_in`` columns followed by :func:`_col2im`.
+    input gradient, a convolution with few output channels, is :func:`_input_grad_by_gemm`.
     """
     return _conv_valid(x, kernel)
 
@@ -137,10 +136,22 @@ def _conv_few_in_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[
 
 def _conv_few_in_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
-    k, _, c_in, c_out = kernel.shape
     d_kernel = jax.vjp(lambda kk: _conv_valid(x, kk), kernel)[1](g)[0]
+    return _input_grad_by_gemm(g, kernel), d_kernel
+
+
+def _input_grad_by_gemm(g: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Input gradient of ``_conv_valid(x, kernel)``: a GEMM to ``k * k * C_in`` columns, then :func:`_col2im`.
+
+    Args:
+      g: ``[B, H, W, C_out]``; kernel: ``[k, k, C_in, C_out]``.
+
+    Returns:
+      ``[B, H + k - 1, W + k - 1, C_in]``. Needs no flipped copy of the kernel.
+    """
+    k, _, c_in, c_out = kernel.shape
     cols = jnp.einsum("bhwo,ko->bhwk", g, kernel.reshape(k * k * c_in, c_out))
-    return _col2im(cols, k, c_in), d_kernel
+    return _col2im(cols, k, c_in)
 
 
 _conv_few_in.defvjp(_conv_few_in_fwd, _conv_few_in_bwd)
@@ -192,6 +203,12 @@ def _conv_few_out_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[j
 _conv_few_out.defvjp(_conv_few_out_fwd, _conv_few_out_bwd)
 
 
+def _conv_params(module: nn.Module, k: int, c_in: int, c_out: int) -> tuple[jax.Array, jax.Array]:
+    """Declare ``kernel: float32[k, k, c_in, c_out]`` (HWIO) and ``bias: float32[c_out]`` as ``nn.Conv`` does."""
+    kernel = module.param("kernel", KERNEL_INIT, (k, k, c_in, c_out), jnp.float32)
+    return kernel, module.param("bias", BIAS_INIT, (c_out,), jnp.float32)
+
+
 class ReflectConv(nn.Module):
     """``ReflectionPad2d(k // 2)`` then a ``k x k`` stride-1 convolution with bias (odd ``k``).
 
@@ -208,8 +225,7 @@ class ReflectConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, c_in = self.kernel_size, x.shape[-1]
-        kernel = self.param("kernel", KERNEL_INIT, (k, k, c_in, self.features), jnp.float32)
-        bias = self.param("bias", BIAS_INIT, (self.features,), jnp.float32)
+        kernel, bias = _conv_params(self, k, c_in, self.features)
         return _reflect_conv(x, kernel, bias, self.dtype)
 
 
@@ -337,8 +353,7 @@ class ConvTranspose(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c_in = x.shape
-        kernel = self.param("kernel", KERNEL_INIT, (3, 3, c_in, self.features), jnp.float32)
-        bias = self.param("bias", BIAS_INIT, (self.features,), jnp.float32)
+        kernel, bias = _conv_params(self, 3, c_in, self.features)
         y = _conv_transpose_s2(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -459,8 +474,7 @@ class StridedConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", KERNEL_INIT, (k, k, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", BIAS_INIT, (self.features,), jnp.float32)
+        kernel, bias = _conv_params(self, k, x.shape[-1], self.features)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
         y = _conv_down(x, kernel) if k == 3 and even else _conv_s2d(x, kernel)
@@ -478,8 +492,8 @@ def _conv_zero_pad1(x: jax.Array, kernel: jax.Array) -> jax.Array:
     The forward pass is XLA's convolution; the gradients avoid XLA:CPU's slow
     paths at the PatchGAN's last two layers (16x16 at 128x128 images):
 
-    * many output channels: the input gradient is a GEMM to ``k * k * C_in``
-      columns followed by :func:`_col2im`. XLA's own first transposes and flips
+    * many output channels: the input gradient is :func:`_input_grad_by_gemm`.
+      XLA's own first transposes and flips
       the whole kernel (8 MB for 4x4x256x512), which costs as much as the
       convolution at these sizes.
     * few output channels: the kernel gradient is :func:`_kernel_grad_by_swapped_conv`.
@@ -493,13 +507,11 @@ def _conv_zero_pad1_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tup
 
 def _conv_zero_pad1_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
-    k, _, c_in, c_out = kernel.shape
-    if c_out <= _FEW_CHANNELS:
+    if kernel.shape[-1] <= _FEW_CHANNELS:
         dx = jax.vjp(lambda xx: _conv_pad1(xx, kernel), x)[1](g)[0]
         xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         return dx, _kernel_grad_by_swapped_conv(xp, g).astype(kernel.dtype)
-    cols = jnp.einsum("bhwo,ko->bhwk", g, kernel.reshape(k * k * c_in, c_out))
-    dx = _col2im(cols, k, c_in)[:, 1:-1, 1:-1]  # gradient of the padded input, minus its border
+    dx = _input_grad_by_gemm(g, kernel)[:, 1:-1, 1:-1]  # gradient of the padded input, minus its border
     dk = jax.vjp(lambda kk: _conv_pad1(x, kk), kernel)[1](g)[0]
     return dx, dk
 
@@ -522,8 +534,7 @@ class PaddedConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", KERNEL_INIT, (k, k, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", BIAS_INIT, (self.features,), jnp.float32)
+        kernel, bias = _conv_params(self, k, x.shape[-1], self.features)
         y = _conv_zero_pad1(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 

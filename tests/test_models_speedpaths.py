@@ -91,9 +91,14 @@ def test_strided_conv_matches_xla_conv(k, h, w, small_grid_path, monkeypatch):
     def ref(p, x):
         return _conv(x, p["kernel"], 2, ((1, 1), (1, 1))) + p["bias"]
 
+    _assert_layer_matches(layer, ref, params, x, (2, (h + 2 - k) // 2 + 1, (w + 2 - k) // 2 + 1, 6))
+
+
+def _assert_layer_matches(layer, ref, params, x, shape):
+    """``layer`` equals ``ref(params, x)`` in value (shape ``shape``) and in both gradients, to 1e-5 relative."""
     fast = lambda p, x: layer.apply({"params": p}, x)
     y_ref = ref(params, x)
-    assert fast(params, x).shape == y_ref.shape == (2, (h + 2 - k) // 2 + 1, (w + 2 - k) // 2 + 1, 6)
+    assert fast(params, x).shape == y_ref.shape == shape
     assert _rel(fast(params, x), y_ref) < 1e-5
     target = jax.random.normal(jax.random.PRNGKey(3), y_ref.shape)
     loss = lambda fn: lambda p, x: jnp.sum(jnp.square(fn(p, x) - target))
@@ -113,16 +118,7 @@ def test_padded_conv_matches_xla_conv(c_in, c_out, k, h):
     def ref(p, x):
         return _conv(x, p["kernel"], 1, ((1, 1), (1, 1))) + p["bias"]
 
-    fast = lambda p, x: layer.apply({"params": p}, x)
-    y_ref = ref(params, x)
-    assert fast(params, x).shape == y_ref.shape == (2, h + 3 - k, h + 4 - k, c_out)
-    assert _rel(fast(params, x), y_ref) < 1e-5
-    target = jax.random.normal(jax.random.PRNGKey(3), y_ref.shape)
-    loss = lambda fn: lambda p, x: jnp.sum(jnp.square(fn(p, x) - target))
-    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref), strict=True):
-        assert _rel(a, b) < 1e-5
+    _assert_layer_matches(layer, ref, params, x, (2, h + 3 - k, h + 4 - k, c_out))
 
 
 def test_discriminator_matches_plain_reference_values_and_gradients():
