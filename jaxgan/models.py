@@ -248,6 +248,14 @@ def _reflect_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Dtype
 # (None: no tap). Derived from o = 2 i - 1 + k.
 _TAP = ((1, None), (2, 0))
 
+# Kernel gradients of the stride-2 3x3 convs (both directions): the four phase
+# convolutions of _kernel_grad_s2_phases (9 taps) were faster than the single
+# 16-tap space-to-depth convolution up to a 64x64 half-resolution grid (e.g.
+# down_0 at 128x128 images: 2.5 vs 4.2 ms), and slower beyond (down_0 at
+# 256x256: 24 vs 18 ms), where XLA:CPU's kernel gradient of the small phase
+# kernels over large images loses efficiency.
+_PHASE_GRAD_MAX_PIXELS = 64 * 64
+
 
 def _phase_kernel(kernel: jax.Array) -> jax.Array:
     """``[3, 3, I, O]`` transposed-conv taps -> ``[2, 2, I, 4 * O]`` phase-form kernel.
@@ -415,15 +423,6 @@ def _conv_down_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.
     return dx, dk.astype(kernel.dtype)
 
 
-# Kernel gradients of the stride-2 3x3 convs (both directions): the four phase
-# convolutions of _kernel_grad_s2_phases (9 taps) were faster than the single
-# 16-tap space-to-depth convolution up to a 64x64 half-resolution grid (e.g.
-# down_0 at 128x128 images: 2.5 vs 4.2 ms), and slower beyond (down_0 at
-# 256x256: 24 vs 18 ms), where XLA:CPU's kernel gradient of the small phase
-# kernels over large images loses efficiency.
-_PHASE_GRAD_MAX_PIXELS = 64 * 64
-
-
 def _kernel_grad_s2_phases(x: jax.Array, g: jax.Array) -> jax.Array:
     """Kernel gradient of ``Conv2d(k=3, stride=2, padding=1)`` on even H and W, by input phase.
 
@@ -437,7 +436,7 @@ def _kernel_grad_s2_phases(x: jax.Array, g: jax.Array) -> jax.Array:
       x: ``[B, H, W, C_in]``; g: ``[B, H / 2, W / 2, C_out]``.
 
     Returns:
-      ``[3, 3, C_in, C_out]`` in float32 accumulation of ``x.dtype``.
+      ``[3, 3, C_in, C_out]`` in ``x.dtype``.
     """
     oh, ow, c_out = g.shape[1], g.shape[2], g.shape[3]
     xp = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))  # the bottom/right padding is never read
@@ -493,9 +492,8 @@ def _conv_zero_pad1(x: jax.Array, kernel: jax.Array) -> jax.Array:
     paths at the PatchGAN's last two layers (16x16 at 128x128 images):
 
     * many output channels: the input gradient is :func:`_input_grad_by_gemm`.
-      XLA's own first transposes and flips
-      the whole kernel (8 MB for 4x4x256x512), which costs as much as the
-      convolution at these sizes.
+      XLA's own first transposes and flips the whole kernel (8 MB for
+      4x4x256x512), which costs as much as the convolution at these sizes.
     * few output channels: the kernel gradient is :func:`_kernel_grad_by_swapped_conv`.
     """
     return _conv_pad1(x, kernel)
