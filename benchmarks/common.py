@@ -5,6 +5,7 @@ Everything here is plain Python/NumPy; JAX and torch are imported by the scripts
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -112,6 +113,27 @@ MALLOC_MODES: dict[str, dict[str, str]] = {
     # 2 MB pages, so ~700 faults instead of 172,000 and fewer TLB misses.
     "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
 }
+
+
+def add_step_memory_argument(parser: argparse.ArgumentParser) -> None:
+    """``--step-memory reuse|default``: whether the process runs as the training and translation entry points do."""
+    parser.add_argument(
+        "--step-memory",
+        choices=["reuse", "default"],
+        default="reuse",
+        help="'reuse' (as `python -m experiments.horse2zebra` and `jaxgan-translate` run): "
+        "jaxgan.cpu_memory.reuse_step_memory() before JAX starts (CPU only: glibc keeps freed memory, synchronous "
+        "dispatch; applies to every implementation in the process); 'default': glibc's and JAX's defaults",
+    )
+
+
+def apply_step_memory(choice: str) -> str:
+    """Apply ``--step-memory``; returns what the process really runs under ('default' where it did not apply)."""
+    if choice != "reuse":
+        return "default"
+    from jaxgan import cpu_memory
+
+    return "reuse" if cpu_memory.reuse_step_memory() else "default"
 
 
 def reexec_with_malloc(mode: str, module: str, argv: list[str]) -> None:

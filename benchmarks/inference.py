@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-torch", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--bf16-check", action="store_true", help="also compare bfloat16 with float32 translations")
+    common.add_step_memory_argument(parser)
     args = parser.parse_args(argv)
+    step_memory = common.apply_step_memory(args.step_memory)
     threads = args.torch_threads or len(os.sched_getaffinity(0))
     info = device_info()
     if args.bf16_check:
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 for impl, ts in times.items():
                     extra = {**facts, **mem} if impl == "jax" else {"torch_threads": threads}
                     flops_xla = extra.pop("flops_xla", None)
+                    extra["step_memory"] = step_memory
                     rec = common.case_record(impl, size, batch, dtype, ts, flops_xla, flops, loadavg_1m=load, **extra)
                     rec.update(info)
                     print(json.dumps(rec), flush=True)
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                     ratio["median"] = round(med["jax"]["median_ms"] / med["torch"]["median_ms"], 3)
                     ratio["min"] = round(med["jax"]["min_ms"] / med["torch"]["min_ms"], 3)
                     ratio["loadavg_1m"] = load
+                    ratio["step_memory"] = step_memory
                     print(json.dumps(ratio), flush=True)
 
 

@@ -203,8 +203,10 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
         # The child's page faults and kernel time are not this process's: not measured.
         kernel_stats["torch"] = {"minor_faults_per_call": None, "kernel_s_per_call": None}
     for impl, ts in times.items():
-        mode = "default" if impl == "torch" and separate else common.malloc_mode()
-        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load, "malloc": mode}
+        child = impl == "torch" and separate  # the child process runs with glibc's defaults
+        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load}
+        extra["malloc"] = "default" if child else common.malloc_mode()
+        extra["step_memory"] = "default" if child else args.step_memory
         extra.update(kernel_stats[impl])
         if impl == "jax":
             extra.update(facts)
@@ -230,6 +232,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
             "min": round(med["jax"]["min_ms"] / med["torch"]["min_ms"], 3),
             "loadavg_1m": load,
             "malloc": common.malloc_mode(),
+            "step_memory": args.step_memory,
             "torch_process": "separate" if separate else "same",
         }
         print(json.dumps(ratio), flush=True)
@@ -239,6 +242,7 @@ def _case_argv(args: argparse.Namespace, size: int, batch: int, dtype: str, rema
     argv = [sys.executable, "-m", "benchmarks.train_step", "--sizes", str(size), "--batch", str(batch)]
     argv += ["--dtype", dtype, "--remat", "on" if remat else "off", "--iters", str(args.iters)]
     argv += ["--warmup", str(args.warmup), "--cpu-peak", args.cpu_peak, "--malloc", args.malloc]
+    argv += ["--step-memory", args.step_memory]
     if args.compare_torch:
         argv.append("--compare-torch")
     if args.torch_process:
@@ -276,9 +280,11 @@ def main(argv: list[str] | None = None) -> None:
         help="'default': the process's own malloc settings; 'retain' or 'hugepages': re-run under "
         "benchmarks.common.MALLOC_MODES[mode] (see there; applies to both implementations)",
     )
+    common.add_step_memory_argument(parser)
     args = parser.parse_args(argv)
     if args.malloc != "default":
         common.reexec_with_malloc(args.malloc, "benchmarks.train_step", sys.argv[1:] if argv is None else argv)
+    args.step_memory = common.apply_step_memory(args.step_memory)
 
     cases = [
         (size, batch, dtype, remat == "on")

@@ -29,15 +29,22 @@ flags.DEFINE_enum("mode", "train", ["train", "results"], "train (and write resul
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool(
+    "reuse_cpu_memory", True,
+    "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "
+    "--noreuse_cpu_memory keeps glibc's and JAX's defaults.",
+)  # fmt: skip
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from jaxgan import parallel
+    from jaxgan import cpu_memory, parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if FLAGS.reuse_cpu_memory:  # before any JAX backend exists
+        cpu_memory.reuse_step_memory()
 
     import jax
 

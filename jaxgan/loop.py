@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, input_pipeline, models, parallel, report, train
+from jaxgan import checkpoint, cpu_memory, input_pipeline, models, parallel, report, train
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -43,7 +43,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def _replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
     """Host data identical on every process -> a replicated global array."""
-    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx])
+    return cpu_memory.settle(jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx]))
 
 
 class _Preemption:
@@ -219,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         checkpoint.save_config(workdir, config)
 
     rng, shardings, target = _state_layout(config, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    # Synchronous saves where the step reuses its memory (see jaxgan.cpu_memory).
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
     state, start = ckpt.restore_latest(target)
     if state is None:
         state = jax.jit(lambda: train.create_train_state(config, rng), out_shardings=shardings)()
@@ -358,7 +359,8 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
     mesh = parallel.mesh_from_config(config)
     _, _, target = _state_layout(config, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    # Synchronous saves where the step reuses its memory (see jaxgan.cpu_memory).
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
     try:
         state, step = ckpt.restore_latest(target)
     finally:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import models, train
+from jaxgan import cpu_memory, models, train
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -143,7 +143,7 @@ def shard_state(state: PyTree, shardings: PyTree) -> PyTree:
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's part of the batch -> a global array sharded along ``data``."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+    return cpu_memory.settle({k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()})
 
 
 def make_train_step(

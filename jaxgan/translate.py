@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgan import checkpoint, image_io, models, train
+from jaxgan import checkpoint, cpu_memory, image_io, models, train
 
 PyTree = Any
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
@@ -195,6 +195,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for the translated images")
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args(argv)
+    cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
     try:
         generator, params = load_generator(args.direction, args.workdir, args.checkpoint)
         written = translate_files(generator, params, args.input, args.output, args.batch_size)
