@@ -27,10 +27,15 @@ saves checkpoints synchronously where :func:`active`: an asynchronous save
 holds the state's buffers while it writes them, and the next step, whose
 input they are, would run on a worker thread.
 
+Memory that other, rarer work (sample images, checkpoints) frees would stay in
+the heap too, beside the step's block; :func:`release_free_memory` hands all
+free heap memory back, and the runner calls it after such work. The next step
+then maps its block once more.
+
 The cost: a jitted call returns only when its result is ready (the Python
 thread releases the GIL meanwhile, so background threads such as the input
-pipeline's prefetcher keep working), and the process keeps its peak heap size
-until it exits, which a training process reaches every step anyway.
+pipeline's prefetcher keep working), and between rare phases the process
+keeps the step's block, which it needs again at once.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def _accelerator_possible() -> bool:
     return any(True for _ in importlib.metadata.entry_points(group="jax_plugins"))
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def _backends_initialized() -> bool:
     """Whether JAX has created its backends (True where this JAX cannot tell: then nothing is changed)."""
     from jax._src import xla_bridge
@@ -91,7 +100,7 @@ def reuse_step_memory() -> bool:
     if _backends_initialized():
         log.debug("JAX backends already initialised: XLA:CPU step memory is not kept between steps")
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _libc()
     if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1)):
         return False
     jax.config.update(_ASYNC_DISPATCH, False)
@@ -116,3 +125,14 @@ def settle(arrays: Any) -> Any:
     if leaves and all(d.platform == "cpu" for x in leaves for d in x.devices()):
         jax.block_until_ready(leaves)
     return arrays
+
+
+def release_free_memory() -> None:
+    """Where :func:`active`, return the heap's free memory to the system (glibc ``malloc_trim``).
+
+    For after rare phases (samples, checkpoints) whose own allocations would
+    otherwise stay in the heap beside the step's: the next step maps its block
+    once more, and the peak stays that of the default settings.
+    """
+    if _applied:
+        _libc().malloc_trim(0)

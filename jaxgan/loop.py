@@ -312,8 +312,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 bar.update(1)
                 if sample_every > 0 and (step % sample_every == 0 or is_last):
                     save_samples(step)
+                    cpu_memory.release_free_memory()
                 if do_ckpt or stop:
                     ckpt.save(step, state)
+                    cpu_memory.release_free_memory()
                 if stop:
                     ckpt.wait()
                     sig = preempt.signal

@@ -68,7 +68,7 @@ def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array)
 def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Translate ``float32[N, H, W, 3]`` in [-1, 1] (any H, W) in batches; returns the same shape."""
     outs = [
-        np.asarray(_apply(generator, params, jnp.asarray(images[i : i + batch_size])))
+        np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(images[i : i + batch_size]))))
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(outs) if outs else np.zeros_like(images)
