@@ -96,8 +96,8 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict | dict) -> N
 class Checkpointer:
     """Orbax ``CheckpointManager`` over ``WORKDIR/checkpoints`` keeping the last ``keep``.
 
-    Saves are asynchronous (the step loop goes on while the files are written);
-    all processes must call :meth:`save` and :meth:`restore_latest` together.
+    Saves are asynchronous (the step loop goes on while the files are written)
+    unless ``async_save=False``; all processes must call :meth:`save` and :meth:`restore_latest` together.
     """
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):

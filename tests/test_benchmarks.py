@@ -53,3 +53,11 @@ def test_torch_replica_in_a_lockstep_child_process(monkeypatch):
     finally:
         child.close()
     assert child.proc.returncode == 0
+
+
+def test_step_memory_records_what_the_process_runs_under():
+    import jax
+
+    jax.devices()  # this pytest process already has its backends: the settings can no longer apply
+    assert common.apply_step_memory("reuse") == "default"
+    assert common.apply_step_memory("default") == "default"
