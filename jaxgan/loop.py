@@ -361,8 +361,7 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
     mesh = parallel.mesh_from_config(config)
     _, _, target = _state_layout(config, mesh)
-    # Synchronous saves where the step reuses its memory (see jaxgan.cpu_memory).
-    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
     try:
         state, step = ckpt.restore_latest(target)
     finally:
