@@ -18,16 +18,17 @@ from typing import Any
 import numpy as np
 
 # Dense peak FLOP/s per chip by device kind and compute dtype (vendor datasheets, no sparsity).
-# float32 on NVIDIA is the non-tensor-core FP32 rate (XLA uses TF32 only when asked to).
+# float32 on NVIDIA is the non-tensor-core FP32 rate; tfloat32 the TF32 tensor-core rate, which XLA
+# uses for float32 convolutions and matmuls at JAX's default precision.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "NVIDIA H100 80GB HBM3": {"bfloat16": 989.4e12, "float32": 66.9e12},  # SXM
-    "NVIDIA H100 PCIe": {"bfloat16": 756.5e12, "float32": 51.2e12},
-    "NVIDIA H100 NVL": {"bfloat16": 835.5e12, "float32": 60.0e12},
-    "NVIDIA H200": {"bfloat16": 989.4e12, "float32": 66.9e12},
-    "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "float32": 19.5e12},
-    "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "float32": 19.5e12},
-    "NVIDIA A100-PCIE-40GB": {"bfloat16": 312e12, "float32": 19.5e12},
-    "NVIDIA A100 80GB PCIe": {"bfloat16": 312e12, "float32": 19.5e12},
+    "NVIDIA H100 80GB HBM3": {"bfloat16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},  # SXM
+    "NVIDIA H100 PCIe": {"bfloat16": 756.5e12, "tfloat32": 378e12, "float32": 51.2e12},
+    "NVIDIA H100 NVL": {"bfloat16": 835.5e12, "tfloat32": 417.5e12, "float32": 60.0e12},
+    "NVIDIA H200": {"bfloat16": 989.4e12, "tfloat32": 494.7e12, "float32": 66.9e12},
+    "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "NVIDIA A100-PCIE-40GB": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "NVIDIA A100 80GB PCIe": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
     "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 2},
     "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 2},
     "TPU v5e": {"bfloat16": 197e12, "float32": 197e12 / 2},

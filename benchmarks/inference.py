@@ -36,12 +36,12 @@ def build_jax(size: int, batch: int, dtype: str) -> tuple[Any, dict[str, Any]]:
     """Compile ``ResnetGenerator.apply`` for one case; returns (zero-argument call, compile facts)."""
     import jax
 
-    from jaxgan import models, train
+    from jaxgan import conv_forms, models, train
 
     gen = models.ResnetGenerator(dtype=train.DTYPES[dtype])
     params = gen.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 64, 64, 3)))["params"]
     images = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3), minval=-1.0, maxval=1.0)
-    options = models.xla_compiler_options(backend=jax.default_backend())
+    options = conv_forms.xla_compiler_options(backend=jax.default_backend())
     apply = jax.jit(lambda p, x: gen.apply({"params": p}, x), compiler_options=options)
     t = time.perf_counter()
     compiled = apply.lower(params, images).compile()
@@ -74,12 +74,12 @@ def bf16_check(size: int, count: int = 4) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxgan import models, synthetic
+    from jaxgan import conv_forms, models, synthetic
 
     images = jnp.asarray(synthetic.split_with_truth(0, "testA", count, size)[0], jnp.float32) / 127.5 - 1.0
     gen32, gen16 = models.ResnetGenerator(), models.ResnetGenerator(dtype=jnp.bfloat16)
     params = gen32.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    opts = models.xla_compiler_options(backend=jax.default_backend())
+    opts = conv_forms.xla_compiler_options(backend=jax.default_backend())
     y32 = jax.jit(lambda p, x: gen32.apply({"params": p}, x), compiler_options=opts)(params, images)
     y16 = jax.jit(lambda p, x: gen16.apply({"params": p}, x), compiler_options=opts)(params, images)
     diff = np.abs(np.asarray(y16, np.float32) - np.asarray(y32, np.float32))

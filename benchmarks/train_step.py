@@ -4,7 +4,7 @@ One step = both generators' forward passes (fake, reconstruction, identity), the
 generator loss and its gradients, Adam on both generators, the two history
 pools, both discriminators' losses and gradients, Adam on both discriminators:
 ``jaxgan.train.train_step_fn`` jitted as training runs it (state donated, compiler
-options ``jaxgan.models.xla_compiler_options(remat)``).
+options ``jaxgan.conv_forms.xla_compiler_options(remat)``).
 
 Per case (image size x batch x compute dtype x remat) it prints one JSON line per
 implementation: median and min ms per step after warm-up, compile time,
@@ -135,7 +135,7 @@ def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any,
     import jax
 
     from experiments.configs import horse2zebra
-    from jaxgan import models, train
+    from jaxgan import conv_forms, train
 
     config = horse2zebra.get_config()
     config.crop_size = size
@@ -149,7 +149,7 @@ def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any,
         "B": jax.random.uniform(key_b, (batch, size, size, 3), minval=-1.0, maxval=1.0),
     }
     # As train.train_step (state donated), with the XLA options for this model configuration.
-    options = models.xla_compiler_options(remat, jax.default_backend())
+    options = conv_forms.xla_compiler_options(remat, jax.default_backend())
     step_fn = jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options)
     t = time.perf_counter()
     compiled = step_fn.lower(state, images).compile()

@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
         checkpoint.CheckpointError,
         parallel.ParallelError,
         loop.TrainingDivergedError,
+        loop.ConfigError,
     ) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, cpu_memory, input_pipeline, models, parallel, report, train
+from jaxgan import checkpoint, conv_forms, cpu_memory, input_pipeline, parallel, report, train
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -32,6 +32,25 @@ PyTree = Any
 
 class TrainingDivergedError(RuntimeError):
     """A loss or gradient norm became NaN or Inf; names the step and the term."""
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work (clear, actionable message)."""
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """``config.profile_steps`` ``"N..M"`` (1-based, inclusive) -> ``(N, M)``; ``""`` -> None."""
+    spec = str(spec or "").strip()
+    if not spec:
+        return None
+    first, sep, last = spec.partition("..")
+    try:
+        n, m = int(first), int(last)
+    except ValueError:
+        n = m = 0
+    if not sep or not 1 <= n <= m:
+        raise ConfigError(f"config.profile_steps={spec!r}: use 'N..M' with 1 <= N <= M, e.g. '100..110'.")
+    return n, m
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -94,7 +113,7 @@ def resolve_config(config: ml_collections.ConfigDict, steps_per_epoch: int) -> t
 def _make_sample_fn(cfg: train.StepConfig) -> Callable:
     gen = cfg.generator
 
-    @functools.partial(jax.jit, compiler_options=models.xla_compiler_options(backend=jax.default_backend()))
+    @functools.partial(jax.jit, compiler_options=conv_forms.xla_compiler_options(backend=jax.default_backend()))
     def sample(params: PyTree, real_a: jax.Array, real_b: jax.Array) -> dict[str, jax.Array]:
         def g(name: str, x: jax.Array) -> jax.Array:
             return gen.apply({"params": params[name]}, x).astype(jnp.float32)
@@ -132,7 +151,9 @@ def write_results(
     limit = int(config.get("results_max_images", 0) or 0) or None
     test_a = input_pipeline.load_test_split(config, "A", max_images=limit)
     test_b = input_pipeline.load_test_split(config, "B", max_images=limit)
-    out = _translate_split(_make_sample_fn(state.config), state.params, test_a.images, test_b.images, mesh)
+    weights = str(config.get("eval_weights", "ema"))
+    params = state.generator_params(weights)
+    out = _translate_split(_make_sample_fn(state.config), params, test_a.images, test_b.images, mesh)
     summary: dict[str, float] = {}
     if test_a.truth is not None and test_b.truth is not None:
         from jaxgan import synthetic
@@ -151,7 +172,8 @@ def write_results(
             "B → A  (F)": {"names": test_b.names, "input": test_b.images, "translated": out["fake_a"],
                            "reconstructed": out["rec_b"], "truth": test_b.truth},
         }  # fmt: skip
-        lines = {"dataset": str(config.dataset), "step": str(int(_to_host(state.step)))}
+        lines = {"dataset": str(config.dataset), "step": str(int(_to_host(state.step))),
+                 "weights": "EMA" if weights == "ema" and state.ema else "raw"}  # fmt: skip
         lines.update({k: f"{v:.4f}" for k, v in summary.items()})
         index = report.write_results_page(pathlib.Path(workdir) / "results", sections, lines)
         log.info("Results page: %s", index)
@@ -170,6 +192,16 @@ def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray])
         m = evaluate.fid_kid(list(image_io.to_uint8(real)), list(evaluate.to_uint8(fake)))
         result.update({f"{label}/fid": m["fid"], f"{label}/kid": m["kid"]})
     return result
+
+
+def _start_trace(directory: pathlib.Path) -> bool:
+    """Start a ``jax.profiler`` trace into ``directory``; False (with a warning) where the profiler cannot run."""
+    try:
+        jax.profiler.start_trace(str(directory))
+    except Exception as e:  # noqa: BLE001 - a missing profiler library must not stop training
+        log.warning("Profiling skipped: jax.profiler could not start (%s: %s)", type(e).__name__, e)
+        return False
+    return True
 
 
 def _check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
@@ -193,8 +225,15 @@ def _state_layout(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[jax.Ar
     return rng, shardings, target
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> train.TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> train.TrainState:
     """Train (resuming from ``workdir`` when it holds checkpoints), then write the results page.
+
+    ``on_log(step, metrics)``, if given, receives the mean metrics (and
+    ``images_per_s``) of every logging interval on process 0.
 
     Returns the final state. Raises :class:`TrainingDivergedError` on NaN/Inf,
     :class:`checkpoint.CheckpointError` for an incompatible run directory,
@@ -203,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     workdir = pathlib.Path(workdir)
     main = jax.process_index() == 0
+    profile = parse_profile_steps(config.get("profile_steps", ""))
     mesh = parallel.mesh_from_config(config)
     parallel.check_batch_size(int(config.batch_size), mesh)
     stream = input_pipeline.create_train_stream(
@@ -267,7 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         return mean
 
     def save_samples(step: int) -> None:
-        out = sample_fn(state.params, _replicated(samples_a, mesh), _replicated(samples_b, mesh))
+        params = state.generator_params(str(config.get("eval_weights", "ema")))
+        out = sample_fn(params, _replicated(samples_a, mesh), _replicated(samples_b, mesh))
         cols = [samples_a, _to_host(out["fake_b"]), _to_host(out["rec_a"]),
                 samples_b, _to_host(out["fake_a"]), _to_host(out["rec_b"])]  # fmt: skip
         if main:
@@ -280,15 +321,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=start, disable=not main, unit="step", dynamic_ncols=True, smoothing=0.1)
-    iterator = stream.iterate(start)
+    # Host batches come from the input pipeline's thread; their copies to the devices run two steps ahead.
+    batches = parallel.prefetch_to_mesh(stream.iterate(start), mesh, depth=2)
     t_last, steps_since = time.perf_counter(), 0
-    step = start
+    step, tracing = start, False
     try:
         with _Preemption() as preempt:
             while step < total_steps:
-                batch = parallel.global_batch(next(iterator), mesh)
-                state, metrics = step_fn(state, batch)
+                if profile and step + 1 == profile[0]:
+                    tracing = _start_trace(workdir / "profile")
+                state, metrics = step_fn(state, next(batches))
                 step += 1
+                if tracing and step == profile[1]:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    tracing = False
+                    log.info("Profile of steps %d..%d in %s (TensorBoard: profile tab)", *profile, workdir / "profile")
                 steps_since += 1
                 pending.append((step, metrics))
                 is_last = step == total_steps
@@ -298,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     now = time.perf_counter()
                     mean = flush(step, now - t_last, steps_since * int(config.batch_size))
                     t_last, steps_since = now, 0
+                    if mean and main and on_log is not None:
+                        on_log(step, mean)
                     if mean and main:
                         epoch = (step - 1) // config.steps_per_epoch + 1
                         bar.set_postfix(epoch=epoch, img_s=f"{mean['images_per_s']:.1f}",
@@ -326,6 +376,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         print(msg + "rerun the same command to resume.", flush=True)
                     return state
     finally:
+        batches.close()
+        if tracing:  # stopped inside the profiled range
+            jax.profiler.stop_trace()
         bar.close()
         ckpt.close()
         if writer is not None:

@@ -15,9 +15,10 @@ so training is the same on any device count (see ``jaxgan.pool``).
 
 from __future__ import annotations
 
+import collections
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import cpu_memory, models, train
+from jaxgan import conv_forms, cpu_memory, train
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -146,6 +147,29 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return cpu_memory.settle({k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()})
 
 
+def prefetch_to_mesh(
+    batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, depth: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """:func:`global_batch` of each host batch, started ``depth`` batches ahead of the one yielded.
+
+    When step ``i`` is dispatched, the copies of batches ``i + 1 .. i + depth``
+    are already under way, so the device never waits for the host's transfer
+    (the copies are asynchronous on accelerators; on CPU see ``cpu_memory.settle``).
+    """
+    ahead: collections.deque[dict[str, jax.Array]] = collections.deque()
+    try:
+        for batch in batches:
+            ahead.append(global_batch(batch, mesh))
+            if len(ahead) > depth:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
+    finally:  # closing this iterator closes the host one (and stops its thread)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def make_train_step(
     state_shardings: PyTree, mesh: Mesh
 ) -> Callable[[train.TrainState, dict[str, jax.Array]], tuple[train.TrainState, dict[str, jax.Array]]]:
@@ -157,7 +181,7 @@ def make_train_step(
         in_shardings=(state_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
-        compiler_options=models.xla_compiler_options(state_shardings.config.remat, platform),
+        compiler_options=conv_forms.xla_compiler_options(state_shardings.config.remat, platform),
     )
 
 

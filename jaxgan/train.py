@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxgan import losses, models, optim
+from jaxgan import conv_forms, losses, models, optim
 from jaxgan import pool as pool_lib
 
 PyTree = Any
 NETS = ("g_ab", "g_ba", "d_a", "d_b")
+GENERATORS = ("g_ab", "g_ba")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -38,6 +39,7 @@ class StepConfig:
     norm_affine: bool = False
     dtype: str = "float32"
     remat: bool = False
+    conv_impl: str = "auto"
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
@@ -49,6 +51,7 @@ class StepConfig:
     num_epochs_decay: int = 100
     steps_per_epoch: int = 1
     freeze_inert_biases: bool = True
+    ema_decay: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
@@ -57,6 +60,7 @@ class StepConfig:
         if m.dtype not in DTYPES:
             raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
         losses._check_mode(config.gan_mode)
+        conv_forms.parse_impl(m.get("conv_impl", "auto"))  # ValueError naming the valid forms
         return cls(
             ngf=m.ngf,
             n_blocks=m.n_blocks,
@@ -65,6 +69,7 @@ class StepConfig:
             norm_affine=m.norm_affine,
             dtype=m.dtype,
             remat=m.get("remat", False),
+            conv_impl=str(m.get("conv_impl", "auto")),
             gan_mode=config.gan_mode,
             lambda_cycle=float(config.lambda_cycle),
             lambda_identity=float(config.lambda_identity),
@@ -76,6 +81,7 @@ class StepConfig:
             num_epochs_decay=int(config.num_epochs_decay),
             steps_per_epoch=int(config.steps_per_epoch),
             freeze_inert_biases=bool(config.get("freeze_inert_biases", True)),
+            ema_decay=float(config.get("ema_decay", 0.0)),
         )
 
     @property
@@ -86,12 +92,17 @@ class StepConfig:
             norm_affine=self.norm_affine,
             dtype=DTYPES[self.dtype],
             remat=self.remat,
+            conv_impl=self.conv_impl,
         )
 
     @property
     def discriminator(self) -> models.PatchDiscriminator:
         return models.PatchDiscriminator(
-            ndf=self.ndf, n_layers=self.n_layers_d, norm_affine=self.norm_affine, dtype=DTYPES[self.dtype]
+            ndf=self.ndf,
+            n_layers=self.n_layers_d,
+            norm_affine=self.norm_affine,
+            dtype=DTYPES[self.dtype],
+            conv_impl=self.conv_impl,
         )
 
     @property
@@ -113,6 +124,8 @@ class TrainState:
       opt_state: the four Adam states, same keys.
       pool_a: history of F(B) fed to ``d_a``; pool_b: history of G(A) fed to ``d_b``.
       rng: PRNG key (uint32[2]) for the pools; split every step.
+      ema: ``{"g_ab", "g_ba"}`` -> exponential moving averages of the generators'
+        parameters (:func:`update_ema`); ``{}`` when ``config.ema_decay == 0``.
       config: static hyperparameters (not a leaf; not checkpointed).
     """
 
@@ -122,7 +135,14 @@ class TrainState:
     pool_a: pool_lib.PoolState
     pool_b: pool_lib.PoolState
     rng: jax.Array
+    ema: dict[str, PyTree]
     config: StepConfig = flax.struct.field(pytree_node=False)
+
+    def generator_params(self, weights: str = "ema") -> dict[str, PyTree]:
+        """``{"g_ab", "g_ba"}`` parameters: the EMA ones when ``weights == "ema"`` and the run keeps them, else raw."""
+        if weights == "ema" and self.ema:
+            return dict(self.ema)
+        return {k: self.params[k] for k in GENERATORS}
 
 
 def create_train_state(
@@ -157,6 +177,7 @@ def create_train_state(
         pool_a=pool_lib.init_pool(config.pool_size, image_shape),
         pool_b=pool_lib.init_pool(config.pool_size, image_shape),
         rng=k_state,
+        ema={k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in GENERATORS} if cfg.ema_decay > 0 else {},
         config=cfg,
     )
 
@@ -267,6 +288,21 @@ def discriminator_update(
     return new_state, metrics
 
 
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """The decay used after ``step`` completed steps: ``min(decay, (1 + step) / (10 + step))``.
+
+    The warm-up keeps the average from remembering the random initial weights
+    in a short run (0.999 alone would still give them 5% weight after 3,000 steps).
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema: dict[str, PyTree], params: dict[str, PyTree], decay: jax.Array) -> dict[str, PyTree]:
+    """``ema <- decay * ema + (1 - decay) * params`` per generator leaf (float32)."""
+    return {k: jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema[k], params[k]) for k in ema}
+
+
 def train_step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     """One CycleGAN iteration (pure; jit it or use :data:`train_step`).
 
@@ -282,25 +318,29 @@ def train_step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Train
     First both generators are updated (:func:`generator_update`), then both
     discriminators (:func:`discriminator_update`) on the fakes of the same
     generator forward pass: as the official code, the D step sees the fakes
-    made before the G step, and no generator runs twice.
+    made before the G step, and no generator runs twice. Last, where the run
+    keeps them, the EMA weights follow the new generator parameters.
     """
     lr = state.config.schedule(state.step)
     state, g_metrics, fakes = generator_update(state, batch)
     state, d_metrics = discriminator_update(state, batch, fakes)
+    if state.ema:
+        decay = ema_decay_at(state.config.ema_decay, state.step)
+        state = state.replace(ema=update_ema(state.ema, state.params, decay))
     metrics = {**g_metrics, **d_metrics, "lr": lr}
     return state.replace(step=state.step + 1), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
 @functools.cache
 def _compiled_step(backend: str, remat: bool):
-    options = models.xla_compiler_options(remat, backend)
+    options = conv_forms.xla_compiler_options(remat, backend)
     return jax.jit(train_step_fn, donate_argnums=0, compiler_options=options)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step_fn`` jitted (once per backend), donating ``state``.
 
-    Compiled with :func:`jaxgan.models.xla_compiler_options` (XLA:CPU convolution
+    Compiled with :func:`jaxgan.conv_forms.xla_compiler_options` (XLA:CPU convolution
     kernels). Single-program convenience; the runner compiles the same function
     with explicit shardings over a device mesh (``jaxgan.parallel``).
     """

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgan import checkpoint, cpu_memory, image_io, models, train
+from jaxgan import checkpoint, conv_forms, cpu_memory, image_io, models, train
 
 PyTree = Any
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
@@ -41,6 +41,7 @@ def make_generator(model_cfg: dict) -> models.ResnetGenerator:
         n_blocks=int(model_cfg.get("n_blocks", 9)),
         norm_affine=bool(model_cfg.get("norm_affine", False)),
         dtype=train.DTYPES[model_cfg.get("dtype", "float32")],
+        conv_impl=str(model_cfg.get("conv_impl", "auto")),
     )
 
 
@@ -56,7 +57,7 @@ def _apply_fn(generator: models.ResnetGenerator, params: PyTree, images: jax.Arr
 
 @functools.cache
 def _compiled_apply(backend: str) -> Callable:
-    options = models.xla_compiler_options(backend=backend)
+    options = conv_forms.xla_compiler_options(backend=backend)
     return jax.jit(_apply_fn, static_argnums=0, compiler_options=options)
 
 

@@ -190,7 +190,8 @@ def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def test_conv_transpose_matches_torch(torch_replica):
+@pytest.mark.parametrize("conv_impl", ["native", "cpu"])
+def test_conv_transpose_matches_torch(torch_replica, conv_impl):
     import torch
 
     conv = torch.nn.ConvTranspose2d(5, 4, kernel_size=3, stride=2, padding=1, output_padding=1)
@@ -199,18 +200,21 @@ def test_conv_transpose_matches_torch(torch_replica):
     with torch.no_grad():
         want = conv(torch.from_numpy(x)).numpy()
     params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 0, 1), "bias": conv.bias.detach().numpy()}
-    got = models.ConvTranspose(4).apply({"params": params}, _nchw_to_nhwc(x))
+    got = models.ConvTranspose(4, conv_impl=conv_impl).apply({"params": params}, _nchw_to_nhwc(x))
     assert got.shape == (2, 14, 12, 4)
     np.testing.assert_allclose(np.asarray(got), _nchw_to_nhwc(want), atol=1e-5)
 
 
-@pytest.mark.parametrize("n_blocks, sizes", [(9, [(256, 256), (200, 328)]), (6, [(64, 96)])])
-def test_generator_matches_torch_replica(torch_replica, n_blocks, sizes):
+@pytest.mark.parametrize(
+    "n_blocks, sizes, conv_impl",
+    [(9, [(256, 256), (200, 328)], "cpu"), (6, [(64, 96)], "cpu"), (6, [(64, 96)], "native")],
+)
+def test_generator_matches_torch_replica(torch_replica, n_blocks, sizes, conv_impl):
     import torch
 
     net = torch_replica.randomize_(torch_replica.ResnetGenerator(64, n_blocks), seed=n_blocks).eval()
     params = interop.torch_generator_to_flax(torch_replica.state_dict_numpy(net))
-    apply = jax.jit(models.ResnetGenerator(64, n_blocks).apply)
+    apply = jax.jit(models.ResnetGenerator(64, n_blocks, conv_impl=conv_impl).apply)
     rng = np.random.default_rng(0)
     for h, w in sizes:
         x = rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
@@ -224,7 +228,8 @@ def test_generator_matches_torch_replica(torch_replica, n_blocks, sizes):
         assert err <= 1e-4
 
 
-def test_discriminator_matches_torch_replica(torch_replica):
+@pytest.mark.parametrize("conv_impl", ["native", "cpu"])
+def test_discriminator_matches_torch_replica(torch_replica, conv_impl):
     import torch
 
     net = torch_replica.randomize_(torch_replica.NLayerDiscriminator(), seed=3).eval()
@@ -232,7 +237,9 @@ def test_discriminator_matches_torch_replica(torch_replica):
     x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
     with torch.no_grad():
         want = _nchw_to_nhwc(net(torch.from_numpy(x)).numpy())
-    got = np.asarray(jax.jit(models.PatchDiscriminator().apply)({"params": params}, _nchw_to_nhwc(x)))
+    got = np.asarray(
+        jax.jit(models.PatchDiscriminator(conv_impl=conv_impl).apply)({"params": params}, _nchw_to_nhwc(x))
+    )
     assert got.shape == want.shape == (2, 30, 30, 1)
     err = np.abs(got - want).max()
     print(f"discriminator 256x256: max abs diff {err:.2e}")

@@ -132,13 +132,14 @@ def _torch_conv_transpose_reference(x, w, b):
     return full[:, 1 : 2 * h + 1, 1 : 2 * wd + 1] + b
 
 
+@pytest.mark.parametrize("conv_impl", ["native", "cpu"])
 @pytest.mark.parametrize("h, w", [(3, 3), (4, 5)])
-def test_conv_transpose_matches_pytorch_definition(h, w):
+def test_conv_transpose_matches_pytorch_definition(h, w, conv_impl):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
     w_torch = rng.normal(size=(3, 4, 3, 3)).astype(np.float32)  # [in, out, kh, kw]
     b = rng.normal(size=(4,)).astype(np.float32)
-    layer = models.ConvTranspose(4)
+    layer = models.ConvTranspose(4, conv_impl=conv_impl)
     params = {"kernel": jnp.asarray(w_torch.transpose(2, 3, 0, 1)), "bias": jnp.asarray(b)}
     y = np.asarray(layer.apply({"params": params}, jnp.asarray(x)))
     assert y.shape == (2, 2 * h, 2 * w, 4)

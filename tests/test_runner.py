@@ -200,3 +200,47 @@ def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
     summary = loop.results_only(tiny(results_fid=True), workdir)
     assert summary["AtoB/fid"] > 0 and np.isfinite(summary["BtoA/kid"])
     assert "AtoB/fid" in (workdir / "results" / "index.html").read_text()
+
+
+def test_profile_steps_parse_and_errors():
+    assert loop.parse_profile_steps("") is None
+    assert loop.parse_profile_steps(" 3..5 ") == (3, 5)
+    for bad in ("5..3", "0..2", "3-5", "a..b", "7"):
+        with pytest.raises(loop.ConfigError, match="profile_steps"):
+            loop.parse_profile_steps(bad)
+
+
+def test_profile_and_log_hook_and_ema_samples(tmp_path):
+    """profile_steps writes a jax.profiler trace; on_log sees every interval; EMA weights feed the samples."""
+    seen = []
+    config = tiny(num_train_steps=6, profile_steps="2..3", log_every_steps=2, sample_every_steps=0)
+    state = loop.train_and_evaluate(config, tmp_path, on_log=lambda s, m: seen.append((s, m)))
+    assert [s for s, _ in seen] == [2, 4, 6]
+    assert all(m["images_per_s"] > 0 and np.isfinite(m["loss_g_total"]) for _, m in seen)
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
+    page = (tmp_path / "results" / "index.html").read_text()
+    assert state.ema and "<th align=left>weights</th><td>EMA</td>" in page
+
+
+def test_prefetch_to_mesh_keeps_order_runs_ahead_and_closes_the_source():
+    from jaxgan import parallel
+
+    produced, closed = [], []
+
+    def source():
+        try:
+            for i in range(5):
+                produced.append(i)
+                yield {"A": np.full((1, 2, 2, 3), i, np.float32)}
+        finally:
+            closed.append(True)
+
+    it = parallel.prefetch_to_mesh(source(), parallel.make_mesh(), depth=2)
+    first = next(it)
+    assert float(first["A"][0, 0, 0, 0]) == 0 and produced == [0, 1, 2]  # two batches already on their way
+    assert [float(b["A"][0, 0, 0, 0]) for b in it] == [1, 2, 3, 4]
+    it2 = parallel.prefetch_to_mesh(source(), parallel.make_mesh(), depth=2)
+    next(it2)
+    it2.close()
+    assert closed == [True, True]

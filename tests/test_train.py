@@ -146,3 +146,36 @@ def test_a_few_steps_on_a_fixed_pair_reduce_the_cycle_loss():
         s, m = train.train_step(s, batch)
         cycles.append(float(m["loss_cycle_a"]) + float(m["loss_cycle_b"]))
     assert np.mean(cycles[-3:]) < 0.5 * np.mean(cycles[:3]), cycles
+
+
+def test_ema_follows_a_numpy_reference_exactly():
+    """EMA after each of 3 steps against NumPy: ema <- d * ema + (1 - d) * params, d = min(decay, (1+t)/(10+t))."""
+    state = _state(ema_decay=0.5)
+    step = jax.jit(train.train_step_fn)
+    ema = {k: _copy(state.params[k]) for k in train.GENERATORS}
+    assert _equal(_copy(state.ema), ema)  # starts at the initial weights
+    for t in range(3):
+        state, _ = step(state, _batch(t))
+        d = np.float32(min(0.5, (1 + t) / (10 + t)))
+        params = _copy({k: state.params[k] for k in train.GENERATORS})
+        ema = jax.tree_util.tree_map(lambda e, p, d=d: d * e + (np.float32(1) - d) * p, ema, params)
+        got = _copy(state.ema)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ema), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not _equal(_copy(state.ema), _copy({k: state.params[k] for k in train.GENERATORS}))
+    assert _equal(state.generator_params("ema"), state.ema)
+    assert _equal(state.generator_params("raw"), {k: state.params[k] for k in train.GENERATORS})
+
+
+def test_ema_off_keeps_no_copy_and_serves_the_raw_weights():
+    state = _state(ema_decay=0.0)
+    assert state.ema == {}
+    state, _ = jax.jit(train.train_step_fn)(state, _batch())
+    assert state.ema == {}
+    assert _equal(state.generator_params("ema"), {k: state.params[k] for k in train.GENERATORS})
+
+
+def test_ema_decay_warms_up():
+    got = [float(train.ema_decay_at(0.999, t)) for t in (0, 10, 1000, 10**6)]
+    assert got[0] == pytest.approx(0.1) and got[1] == pytest.approx(11 / 20)
+    assert got[2] == pytest.approx(1001 / 1010) and got[3] == pytest.approx(0.999)

@@ -21,6 +21,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.norm_affine = False
     config.model.dtype = "float32"  # compute dtype; parameters stay float32
     config.model.remat = False
+    # How convolutions are computed (same values): "auto" (fastest measured for the backend and dtype),
+    # "native", "cpu", or per kind, e.g. "transpose=cpu,stride2=native" (jaxgan/conv_forms.py).
+    config.model.conv_impl = "auto"
 
     # Losses.
     config.gan_mode = "lsgan"
@@ -29,6 +32,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.pool_size = 50
     # Biases of convs that feed an instance norm cannot affect any output; keep them fixed.
     config.freeze_inert_biases = True
+    # Exponential moving average of the generators' weights (0 disables); samples, results, translate and
+    # evaluate use it where a run keeps it ("eval_weights": "ema" or "raw").
+    config.ema_decay = 0.999
+    config.eval_weights = "ema"
 
     # Optimizer: Adam 2e-4, betas (0.5, 0.999); constant, then linear decay to 0.
     config.lr = 2e-4
@@ -60,6 +67,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.results_max_images = 0  # 0: translate the whole test splits for the results page
     config.results_fid = True  # FID/KID on the results page when the FID Inception weights are installed
+    config.profile_steps = ""  # "N..M": a jax.profiler trace of steps N to M in WORKDIR/profile (TensorBoard)
 
     # Devices: a mesh over all devices of all processes; the batch is split along "data".
     config.mesh_shape = (-1,)

@@ -1,0 +1,427 @@
+"""The device suite's speed stages: conv forms, the train step, PyTorch, the runner, translation.
+
+Each stage is a function of the suite's ``Scale`` (and earlier results) returning
+JSON-able data; ``benchmarks.device_suite`` runs them and writes the report.
+Timings are throughput: steps dispatched back to back as training runs them,
+a device synchronisation closing each round, the median round reported.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAPER_IMAGES = 200 * 1334  # the paper schedule on horse2zebra: 200 epochs of max(|A|, |B|) image pairs
+
+
+def throughput(call: Callable[[], Any], block: Callable[[Any], None], target_s: float, rounds: int) -> dict:
+    """ms per call of ``call`` dispatched back to back; ``block(result)`` waits for the last one of a round.
+
+    Two warm-up calls; then ``iters`` (so that a round lasts about ``target_s``, 2..50)
+    calls per round, ``rounds`` rounds; the median round's mean.
+    """
+    for _ in range(2):
+        block(call())
+    t = time.perf_counter()
+    block(call())
+    one = time.perf_counter() - t
+    iters = max(2, min(50, round(target_s / max(one, 1e-6))))
+    means = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(iters):
+            out = call()
+        block(out)
+        means.append((time.perf_counter() - t) / iters)
+    return {"ms": round(1e3 * statistics.median(means), 3), "iters": iters, "rounds": rounds}
+
+
+def _compile_all(lowered: dict[Any, Any], workers: int = 4) -> dict[Any, Any]:
+    """``{key: compiled or Exception}``: XLA compilations in parallel threads (they release the GIL)."""
+
+    def one(item: tuple[Any, Any]) -> tuple[Any, Any]:
+        key, low = item
+        try:
+            return key, low.compile()
+        except Exception as e:  # noqa: BLE001 - recorded per case
+            return key, e
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        return dict(pool.map(one, lowered.items()))
+
+
+def _error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv forms, layer by layer: the measurements behind conv_forms.AUTO.
+
+
+def layer_specs(size: int, nets: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """The distinct convolutions of both networks at ``size``: kind, kernel, channels, input size, count per net.
+
+    ``hw`` is the input as the form receives it (``stride1`` inputs are already reflect-padded).
+    """
+    ngf, n_blocks, ndf = nets
+    s = size
+    specs = [
+        ("G conv_in", "stride1", 7, 3, ngf, s + 6, 1),
+        ("G down_0", "stride2", 3, ngf, 2 * ngf, s, 1),
+        ("G down_1", "stride2", 3, 2 * ngf, 4 * ngf, s // 2, 1),
+        ("G res", "stride1", 3, 4 * ngf, 4 * ngf, s // 4 + 2, 2 * n_blocks),
+        ("G up_0", "transpose", 3, 4 * ngf, 2 * ngf, s // 4, 1),
+        ("G up_1", "transpose", 3, 2 * ngf, ngf, s // 2, 1),
+        ("G conv_out", "stride1", 7, ngf, 3, s + 6, 1),
+        ("D conv_0", "stride2", 4, 3, ndf, s, 1),
+        ("D conv_1", "stride2", 4, ndf, 2 * ndf, s // 2, 1),
+        ("D conv_2", "stride2", 4, 2 * ndf, 4 * ndf, s // 4, 1),
+        ("D conv_3", "pad1", 4, 4 * ndf, 8 * ndf, s // 8, 1),
+        ("D conv_4", "pad1", 4, 8 * ndf, 1, s // 8 - 1, 1),
+    ]
+    keys = ("layer", "kind", "k", "c_in", "c_out", "hw", "count")
+    return [dict(zip(keys, spec, strict=True)) for spec in specs]
+
+
+def stage_forms(scale: Any) -> dict[str, Any]:
+    """Forward + both gradients of every distinct layer in each form and dtype; the fastest form per kind.
+
+    A kind's cost is the sum over its layers of (count x time), so the 18 residual
+    convolutions weigh as they do in the step.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgan import conv_forms
+
+    b = scale.forms_batch
+    lowered, inputs = {}, {}
+    for spec in layer_specs(scale.size, scale.nets):
+        for dtype in scale.forms_dtypes:
+            dt = jnp.dtype(dtype)
+            key_x, key_k = jax.random.split(jax.random.PRNGKey(len(lowered)))
+            x = jax.random.normal(key_x, (b, spec["hw"], spec["hw"], spec["c_in"]), dt)
+            kshape = (spec["k"], spec["k"], spec["c_in"], spec["c_out"])
+            kernel = (0.05 * jax.random.normal(key_k, kshape)).astype(dt)
+            for form in conv_forms.FORMS:
+                fn = conv_forms.APPLY[spec["kind"]]
+
+                def fwd_bwd(x: Any, kernel: Any, fn: Callable = fn, form: str = form) -> Any:
+                    y, vjp = jax.vjp(lambda xx, kk: fn(xx, kk, form), x, kernel)
+                    return vjp(y)  # any cotangent of the output's shape and dtype
+
+                key = (spec["layer"], dtype, form)
+                lowered[key] = jax.jit(fwd_bwd).lower(x, kernel)
+                inputs[key] = (x, kernel)
+    compiled = _compile_all(lowered, scale.compile_workers)
+    rows = []
+    for spec in layer_specs(scale.size, scale.nets):
+        for dtype in scale.forms_dtypes:
+            row = {**spec, "dtype": dtype, "batch": b}
+            for form in conv_forms.FORMS:
+                key = (spec["layer"], dtype, form)
+                fn = compiled[key]
+                if isinstance(fn, Exception):
+                    row[f"{form}_error"] = _error(fn)
+                    continue
+                x, kernel = inputs[key]
+                row[f"{form}_ms"] = throughput(lambda fn=fn, x=x, k=kernel: fn(x, k), jax.block_until_ready,
+                                               scale.forms_round_s, scale.rounds)["ms"]  # fmt: skip
+            rows.append(row)
+    decision: dict[str, dict[str, Any]] = {}
+    for dtype in scale.forms_dtypes:
+        for kind in conv_forms.KINDS:
+            mine = [r for r in rows if r["kind"] == kind and r["dtype"] == dtype]
+            cost = {
+                form: sum(r["count"] * r[f"{form}_ms"] for r in mine) if all(f"{form}_ms" in r for r in mine) else None
+                for form in conv_forms.FORMS
+            }
+            known = {f: c for f, c in cost.items() if c is not None}
+            best = min(known, key=known.get) if known else None
+            decision.setdefault(dtype, {})[kind] = {"ms_per_net": cost, "fastest": best}
+    return {"batch": b, "size": scale.size, "layers": rows, "decision": decision}
+
+
+# ---------------------------------------------------------------------------------------------
+# The train step.
+
+
+def step_config(scale: Any, batch: int, dtype: str, conv_impl: str = "auto") -> Any:
+    """The paper config (or the scale's networks) at the suite's image size."""
+    from experiments.configs import horse2zebra
+
+    config = horse2zebra.get_config()
+    config.model.ngf, config.model.n_blocks, config.model.ndf = scale.nets
+    config.model.dtype = dtype
+    config.model.conv_impl = conv_impl
+    config.crop_size = scale.size
+    config.batch_size = batch
+    return config
+
+
+def _lower_step(scale: Any, batch: int, dtype: str) -> Any:
+    import jax
+
+    from jaxgan import conv_forms, train
+
+    config = step_config(scale, batch, dtype)
+    state = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)))
+    images = {k: jax.ShapeDtypeStruct((batch, scale.size, scale.size, 3), "float32") for k in ("A", "B")}
+    options = conv_forms.xla_compiler_options(backend=jax.default_backend())
+    return jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options).lower(state, images)
+
+
+def _plan_mb(compiled: Any) -> float | None:
+    """Device memory XLA plans for one call: temporaries + arguments + outputs - aliased (donated), MiB."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return round(total / 2**20, 1)
+
+
+_INITIAL_STATES: dict[str, Any] = {}
+
+
+def _initial_state(scale: Any, dtype: str) -> Any:
+    """A fresh copy of the initial train state for ``dtype`` (built once per dtype; the step donates its input)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgan import train
+
+    if dtype not in _INITIAL_STATES:
+        config = step_config(scale, 1, dtype)  # the state does not depend on the batch
+        _INITIAL_STATES[dtype] = jax.jit(lambda: train.create_train_state(config, jax.random.PRNGKey(0)))()
+    return jax.tree_util.tree_map(jnp.copy, _INITIAL_STATES[dtype])
+
+
+def _run_step(scale: Any, batch: int, dtype: str, compiled: Any) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    state = _initial_state(scale, dtype)
+    ka, kb = jax.random.split(jax.random.PRNGKey(1))
+    shape = (batch, scale.size, scale.size, 3)
+    images = {
+        "A": jax.random.uniform(ka, shape, jnp.float32, -1, 1),
+        "B": jax.random.uniform(kb, shape, jnp.float32, -1, 1),
+    }
+    box = [state]
+
+    def call() -> Any:
+        box[0], metrics = compiled(box[0], images)
+        return metrics
+
+    t = throughput(call, jax.block_until_ready, scale.step_round_s, scale.rounds)
+    metrics = {k: float(v) for k, v in call().items()}
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() or {}
+    box.clear()  # the state's buffers go before the next case
+    flops = common.step_conv_flops(scale.size, batch, scale.nets[0], scale.nets[2], scale.nets[1])
+    rec = {"dtype": dtype, "batch": batch, **t, "images_per_s": round(batch / t["ms"] * 1e3, 2)}
+    rec["flops_analytic"] = flops
+    rec["losses_finite"] = all(math.isfinite(v) for v in metrics.values())
+    rec["planned_mb"] = _plan_mb(compiled)
+    rec["process_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats else None
+    return rec
+
+
+def _max_batch(plans: dict[int, float], limit_mb: float, cap: int) -> int | None:
+    """The largest batch whose planned memory, extrapolated linearly from ``plans``, fits in 90% of ``limit_mb``."""
+    (b1, m1), (b2, m2) = sorted(plans.items())[-2:]
+    per_image = (m2 - m1) / (b2 - b1)
+    if per_image <= 0:
+        return None
+    fit = int((0.9 * limit_mb - (m1 - b1 * per_image)) / per_image)
+    fit = min(fit, cap)
+    if fit >= 8:
+        fit -= fit % 8
+    return fit if fit > b2 else None
+
+
+def stage_step(scale: Any, memory_limit_mb: float | None, seconds_left: Callable[[], float]) -> dict[str, Any]:
+    """The train step at every batch of the scale and the largest that fits, per dtype; compiles in parallel.
+
+    A largest-batch case starts only while ``seconds_left()`` exceeds a minute (it compiles anew).
+    """
+    rows: list[dict[str, Any]] = []
+    keys = [(dtype, b) for dtype in scale.dtypes for b in scale.batches]
+    lowered = {k: _lower_step(scale, k[1], k[0]) for k in keys}
+    compiled = _compile_all(lowered, scale.compile_workers)
+    for dtype, batch in keys:
+        fn = compiled[(dtype, batch)]
+        try:
+            if isinstance(fn, Exception):
+                raise fn
+            rows.append(_run_step(scale, batch, dtype, fn))
+        except Exception as e:  # noqa: BLE001 - one case failing (e.g. out of memory) must not end the rest
+            rows.append({"dtype": dtype, "batch": batch, "error": _error(e)})
+    extra: list[tuple[str, int]] = []
+    for dtype in scale.dtypes:
+        plans = {r["batch"]: r["planned_mb"] for r in rows if r["dtype"] == dtype and r.get("planned_mb")}
+        if memory_limit_mb and len(plans) >= 2:
+            fit = _max_batch(plans, memory_limit_mb, scale.max_batch_cap)
+            if fit:
+                extra.append((dtype, fit))
+    for dtype, fit in extra:
+        for batch in (fit, max(1, fit * 3 // 4 // 8 * 8)):  # a quarter smaller once, if the estimate was too large
+            if seconds_left() < (0 if scale.dry_run else 60):
+                rows.append({"dtype": dtype, "batch": batch, "largest_that_fits": True, "skipped": "time budget"})
+                break
+            try:
+                fn = _lower_step(scale, batch, dtype).compile()
+                rows.append({**_run_step(scale, batch, dtype, fn), "largest_that_fits": True})
+                break
+            except Exception as e:  # noqa: BLE001
+                rows.append({"dtype": dtype, "batch": batch, "largest_that_fits": True, "error": _error(e)})
+    return {"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch on the same device, in a child process (its own CUDA context, killed at the budget).
+
+
+def stage_torch(scale: Any, budget_s: float) -> dict[str, Any]:
+    """``benchmarks.torch_reference --device`` for each mode and batch; partial output survives a timeout."""
+    from benchmarks import torch_reference
+
+    if not torch_reference.available():
+        return {"skipped": "torch is not installed"}
+    deadline = time.time() + budget_s - 5
+    cmd = [sys.executable, "-m", "benchmarks.torch_reference", "--device", scale.torch_device,
+           "--cases", *scale.torch_cases, "--sizes", str(scale.size),
+           "--iters", str(scale.torch_iters), "--warmup", "3", "--rounds", str(scale.rounds),
+           "--nets", *map(str, scale.nets), "--deadline", str(deadline)]  # fmt: skip
+    if scale.torch_threads:
+        cmd += ["--threads", str(scale.torch_threads)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
+        timed_out = False
+        try:
+            proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+        out.seek(0)
+        err.seek(0)
+        lines = [line for line in out.read().splitlines() if line.startswith("{")]
+        tail = err.read()[-1500:]
+    import json
+
+    rows = [json.loads(line) for line in lines]
+    result: dict[str, Any] = {"rows": rows, "returncode": proc.returncode, "timed_out": timed_out}
+    if proc.returncode not in (0, None) or timed_out:
+        result["stderr_tail"] = tail
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner end to end on real images.
+
+
+def runner_rates(logs: list[tuple[int, float, float]], batch: int, sample_every: int) -> dict[str, float]:
+    """Images/s from the runner's logging intervals ``(step, images_per_s, time)``.
+
+    ``images_per_s``: the steady state, over every interval after the first (which
+    holds the step's compilation) except the one with the first sample (which
+    compiles the sample function); ``images_per_s_all``: over every interval after
+    the first; ``images_per_s_median_interval``: the median interval.
+    """
+    out: dict[str, float] = {}
+    if len(logs) < 3:
+        return out
+    intervals = [(prev[0], cur[0], cur[2] - prev[2]) for prev, cur in itertools.pairwise(logs)]
+    first_sample = sample_every if sample_every > 0 else -1
+    steady = [iv for iv in intervals if not iv[0] < first_sample <= iv[1]]
+    out["images_per_s"] = round(sum(b - a for a, b, _ in steady) * batch / sum(t for _, _, t in steady), 2)
+    out["images_per_s_all"] = round(sum(b - a for a, b, _ in intervals) * batch / sum(t for _, _, t in intervals), 2)
+    out["images_per_s_median_interval"] = round(statistics.median(v for _, v, _ in logs[1:]), 2)
+    return out
+
+
+def stage_runner(scale: Any, data: str, step_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``loop.train_and_evaluate`` for about ``scale.runner_seconds``: images/s against the step alone."""
+    import jax
+
+    from jaxgan import loop
+
+    batch, dtype = scale.runner_batch, scale.runner_dtype
+    alone = next((r for r in step_rows if r.get("batch") == batch and r.get("dtype") == dtype and "ms" in r), None)
+    step_s = alone["ms"] / 1e3 if alone else scale.runner_step_guess_s
+    steps = max(3 * scale.runner_log_every, int(scale.runner_seconds / step_s))
+    steps -= steps % scale.runner_log_every
+    config = step_config(scale, batch, dtype)
+    config.dataset = data
+    config.load_size = scale.size * 286 // 256
+    config.num_train_steps = steps
+    config.log_every_steps = scale.runner_log_every
+    config.sample_every_steps = steps // 2 - (steps // 2) % scale.runner_log_every
+    config.checkpoint_every_steps = 0
+    config.keep_checkpoints = 1
+    config.results_max_images = 16
+    config.results_fid = False
+    config.num_sample_images = 4
+    config.profile_steps = "4..6"
+    logs: list[tuple[int, float, float]] = []
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="jaxgan-suite-runner-"))
+    t0 = time.perf_counter()
+    loop.train_and_evaluate(
+        config, workdir, on_log=lambda s, m: logs.append((s, m["images_per_s"], time.perf_counter()))
+    )
+    wall = time.perf_counter() - t0
+    rec: dict[str, Any] = {"dataset": data, "batch": batch, "dtype": dtype, "steps": steps, "wall_s": round(wall, 1)}
+    rec.update(runner_rates(logs, batch, config.sample_every_steps))
+    if alone and "images_per_s" in rec:
+        rec["step_alone_images_per_s"] = alone["images_per_s"]
+        rec["end_to_end_over_step"] = round(rec["images_per_s"] / alone["images_per_s"], 3)
+        rec["end_to_end_over_step_all"] = round(rec["images_per_s_all"] / alone["images_per_s"], 3)
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    rec["profile_files"] = len(traces)
+    rec["profile_bytes"] = sum(p.stat().st_size for p in traces)
+    rec["samples"] = len(list((workdir / "samples").glob("*.png")))
+    rec["results_page"] = (workdir / "results" / "index.html").is_file()
+    rec["device"] = jax.devices()[0].platform
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation throughput.
+
+
+def stage_translate(scale: Any) -> dict[str, Any]:
+    """One generator's forward pass (as ``jaxgan-translate`` runs it) at each size, batch ``scale.translate_batch``."""
+    import jax
+
+    from benchmarks import inference
+
+    rows = []
+    for size in scale.translate_sizes:
+        for dtype in ("bfloat16",):
+            try:
+                run, facts = inference.build_jax(size, scale.translate_batch, dtype)
+                t = throughput(run, lambda _: None, scale.step_round_s, scale.rounds)
+                ips = round(scale.translate_batch / t["ms"] * 1e3, 1)
+                rows.append({"size": size, "batch": scale.translate_batch, "dtype": dtype, **t, "images_per_s": ips,
+                             "compile_s": facts.get("compile_s")})  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                rows.append({"size": size, "batch": scale.translate_batch, "dtype": dtype, "error": _error(e)})
+    return {"rows": rows, "device": jax.devices()[0].platform, "pid": os.getpid()}

@@ -1,0 +1,164 @@
+"""The device suite and the GPU quality run: their dry runs on the CPU (so no device minute is spent on a bug)
+and the arithmetic behind their numbers."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from benchmarks import common, device_report, device_speed, quality_gpu
+
+
+def test_layer_specs_cover_both_networks_conv_flops():
+    """The per-layer table of the forms stage holds exactly the networks' convolutions (by MAC count)."""
+    size, nets = 256, (64, 9, 64)
+
+    def out_hw(spec):
+        hw, k = spec["hw"], spec["k"]
+        return {"stride1": hw - k + 1, "stride2": (hw + 2 - k) // 2 + 1, "pad1": hw + 3 - k, "transpose": hw}[
+            spec["kind"]
+        ]
+
+    def macs(spec):  # transposed convs: 9 taps per input pixel, as benchmarks.common counts them
+        return spec["count"] * out_hw(spec) ** 2 * spec["k"] ** 2 * spec["c_in"] * spec["c_out"]
+
+    specs = device_speed.layer_specs(size, nets)
+    gen = sum(macs(s) for s in specs if s["layer"].startswith("G"))
+    disc = sum(macs(s) for s in specs if s["layer"].startswith("D"))
+    assert gen == sum(common.generator_layer_macs(size))
+    assert disc == sum(common.discriminator_layer_macs(size))
+    assert {s["kind"] for s in specs} == {"stride1", "stride2", "transpose", "pad1"}
+
+
+def test_max_batch_extrapolates_planned_memory():
+    plans = {4: 4_000.0, 16: 13_000.0}  # 750 MiB per image, 1 GiB fixed
+    assert device_speed._max_batch(plans, 100_000.0, cap=256) == 112  # (90,000 - 1,000) / 750 = 118 -> 112
+    assert device_speed._max_batch(plans, 100_000.0, cap=64) == 64
+    assert device_speed._max_batch(plans, 10_000.0, cap=256) is None  # nothing larger than 16 fits
+
+
+def test_runner_rates_leave_out_one_off_compilations():
+    # Intervals of 10 steps at batch 2: the first holds the step's compile, the one with step 20 the sample's.
+    logs = [(10, 1.0, 100.0), (20, 2.0, 110.0), (30, 20.0, 111.0), (40, 20.0, 112.0)]
+    rates = device_speed.runner_rates(logs, batch=2, sample_every=20)
+    assert rates["images_per_s"] == pytest.approx(40 / 2.0)  # steps 20..40 in 2 s
+    assert rates["images_per_s_all"] == pytest.approx(60 / 12.0)
+    assert device_speed.runner_rates(logs[:2], 2, 20) == {}
+
+
+def _fake_results():
+    return {
+        "env": {
+            "datasheet_flops": {"bfloat16": 1000e12, "tfloat32": 500e12, "float32": 60e12},
+            "measured_matmul_flops": {"bfloat16": 800e12, "float32": 400e12},
+        },
+        "step": {
+            "size": 256,
+            "rows": [
+                {"dtype": "bfloat16", "batch": 1, "ms": 10.0, "images_per_s": 100.0, "flops_analytic": 2e12},
+                {"dtype": "float32", "batch": 1, "ms": 20.0, "images_per_s": 50.0, "flops_analytic": 2e12},
+                {"dtype": "bfloat16", "batch": 8, "ms": 40.0, "images_per_s": 200.0, "flops_analytic": 16e12},
+                {"dtype": "bfloat16", "batch": 16, "error": "out of memory"},
+            ],
+        },
+        "torch": {
+            "rows": [
+                {"impl": "torch-official", "batch": 1, "ms": 50.0, "images_per_s": 20.0},
+                {"impl": "torch-strong", "batch": 1, "ms": 25.0, "images_per_s": 40.0},
+                {"impl": "torch-compiled", "batch": 1, "ms": 20.0, "images_per_s": 50.0},
+                {"impl": "torch-compiled", "batch": 8, "error": "timeout"},
+            ]
+        },
+        "runner": {"end_to_end_over_step": 0.9},
+        "correctness": {"ok": True},
+    }
+
+
+def test_report_numbers():
+    results = _fake_results()
+    rows = {(r["dtype"], r["batch"]): r for r in device_report.step_rows_with_mfu(results)}
+    assert rows[("bfloat16", 1)]["mfu"] == pytest.approx(2e12 / 0.01 / 1000e12)
+    assert rows[("float32", 1)]["mfu"] == pytest.approx(2e12 / 0.02 / 500e12)  # over the TF32 peak
+    assert rows[("bfloat16", 8)]["mfu_measured"] == pytest.approx(16e12 / 0.04 / 800e12)
+    ratios = {r["batch"]: r for r in device_report.torch_ratios(results)}
+    assert ratios[1]["ours_f32_over_official"] == 2.5 and ratios[1]["ours_best_over_strongest"] == 2.0
+    assert ratios[1]["strongest_impl"] == "torch-compiled"
+    s = device_report.summarize(results)
+    assert s["batch1_f32_over_official"] == 2.5 and s["min_over_strongest"] == 2.0
+    assert s["paper_schedule"]["batch"] == 8
+    assert s["paper_schedule"]["minutes"] == pytest.approx(266_800 / (200 * 0.9) / 60, rel=1e-3)
+    text = device_report.markdown({**results, "meta": {"date": "today"}, "stages": {"step": {"status": "ok"}}})
+    assert "| bfloat16 | 8 | 40.0 |" in text and "out of memory" in text
+
+
+def test_device_suite_dry_run_runs_every_stage(tmp_path):
+    out = tmp_path / "suite"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_suite", "--out", str(out), "--dry-run", "--data", "synthetic"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "device_suite.json").read_text())
+    assert {k: v["status"] for k, v in results["stages"].items()} == dict.fromkeys(
+        ["env", "correctness", "torch", "forms", "step", "runner", "translate"], "ok"
+    )
+    assert results["correctness"]["ok"] and results["correctness"]["step_vs_cpu"]["highest"]["max_rel"] <= 1e-3
+    decision = results["forms"]["decision"]
+    assert all(decision[dt][k]["fastest"] in ("native", "cpu") for dt in decision for k in decision[dt])
+    rows = results["step"]["rows"]
+    assert all("ms" in r and r["losses_finite"] for r in rows), rows
+    assert any(r.get("largest_that_fits") for r in rows)
+    runner = results["runner"]
+    assert runner["profile_files"] >= 1 and runner["results_page"] and runner["images_per_s"] > 0
+    assert runner["end_to_end_over_step"] > 0
+    assert all("images_per_s" in r for r in results["translate"]["rows"])
+    torch_rows = results["torch"].get("rows")
+    if torch_rows is not None:  # torch installed: the official and the strong configuration ran
+        assert {r["impl"] for r in torch_rows if "ms" in r} == {"torch-official", "torch-strong"}
+    assert results["summary"]["paper_schedule"]["minutes"] > 0
+    md = (out / "device_suite.md").read_text()
+    assert "## Train step" in md and "## Runner end to end" in md and "## Correctness" in md
+
+
+def test_plan_schedule_fits_the_time_and_halves_the_epochs():
+    plan = quality_gpu.plan_schedule(seconds=200, images_per_s=100, batch=8, images_per_epoch=1334)
+    assert plan["steps"] == 2500 and plan["steps_per_epoch"] == 167
+    assert plan["num_epochs"] + plan["num_epochs_decay"] == 15 and plan["num_epochs"] == 7
+
+
+def test_translations_round_trip_losslessly_and_drop_what_does_not_fit(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    sets = {(w, d): ([f"x{i}.jpg" for i in range(3)], images) for w in ("ema", "raw") for d in ("AtoB", "BtoA")}
+    monkeypatch.setattr(quality_gpu, "PART_BYTES", 2048)  # several parts
+    files = quality_gpu.write_translations(tmp_path, sets)
+    assert len(files["parts"]) > 1 and files["kept"] == ["ema/AtoB", "ema/BtoA", "raw/AtoB", "raw/BtoA"]
+    back = quality_gpu.read_translations(tmp_path)
+    assert set(back) == {"ema/AtoB", "ema/BtoA", "raw/AtoB", "raw/BtoA"}
+    np.testing.assert_array_equal(back["raw/BtoA"]["x2"], images[2])
+    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", 3 * 2600)  # room for some sets only
+    for p in tmp_path.glob("*.part*"):
+        p.unlink()
+    files = quality_gpu.write_translations(tmp_path, sets)
+    assert files["kept"][0] == "ema/AtoB" and files["dropped"] and files["dropped"][-1] == "raw/BtoA"
+
+
+def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_path):
+    out = tmp_path / "q"
+    deadline = time.time() + 150
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality_gpu", "--dry-run", "--out", str(out), "--deadline", str(deadline),
+         "--reserve-s", "40", "--startup-s", "30"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.time() < deadline + 30  # the watchdog and the reserve keep the deadline
+    result = json.loads((out / "quality.json").read_text())
+    assert result["steps_done"] > 0 and result["translations"]["kept"][:2] == ["ema/AtoB", "ema/BtoA"]
+    assert (out / "quality_grid.png").stat().st_size > 0
+    sets = quality_gpu.read_translations(out)
+    assert len(sets["ema/AtoB"]) == 4 and next(iter(sets["ema/AtoB"].values())).shape == (32, 32, 3)
