@@ -107,6 +107,8 @@ def make_config(args: argparse.Namespace, plan: dict[str, int]) -> Any:
     config.keep_checkpoints = 1
     config.results_max_images = 4  # the full translations are made below, with both weights
     config.results_fid = False
+    if plan["steps"] > 100:  # a profiler trace of three steps: checks jax.profiler on the device
+        config.profile_steps = "40..42"
     return config
 
 
@@ -203,6 +205,7 @@ def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
 
     state = loop.train_and_evaluate(config, workdir, on_log=on_log)
     trained_s = time.time() - start
+    profile_files = len(list((workdir / "profile").rglob("*.xplane.pb")))
     step = int(jax.device_get(state.step))
     generator = state.config.generator
     sets = {}
@@ -251,6 +254,7 @@ def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
         "train_wall_s": round(trained_s, 1),
         "total_wall_s": round(time.time() - start, 1),
         "device": jax.devices()[0].device_kind,
+        "profile_files": profile_files,
         "end_to_end": end_to_end(intervals, args.batch, args.suite_json, args.dtype),
         "last_log": logs[-1] if logs else None,
         "logs": logs[-40:],
