@@ -257,13 +257,22 @@ def _max_batch(plans: dict[int, float], limit_mb: float, cap: int) -> int | None
     return fit if fit > b2 else None
 
 
-def stage_step(scale: Any, memory_limit_mb: float | None, seconds_left: Callable[[], float]) -> dict[str, Any]:
+def stage_step(
+    scale: Any,
+    memory_limit_mb: float | None,
+    seconds_left: Callable[[], float],
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> dict[str, Any]:
     """The train step at every batch of the scale and the largest that fits, per dtype; compiles in parallel.
 
     A largest-batch case starts only while ``seconds_left()`` exceeds a minute (it compiles anew).
+    ``progress(result)`` receives the result so far after every case.
     """
     rows: list[dict[str, Any]] = []
-    keys = [(dtype, b) for dtype in scale.dtypes for b in scale.batches]
+    if scale.step_cases:
+        keys = [(c.split(":")[0], int(c.split(":")[1])) for c in scale.step_cases]
+    else:
+        keys = [(dtype, b) for dtype in scale.dtypes for b in scale.batches]
     lowered = {k: _lower_step(scale, k[1], k[0]) for k in keys}
     compiled = _compile_all(lowered, scale.compile_workers)
     for dtype, batch in keys:
@@ -274,10 +283,11 @@ def stage_step(scale: Any, memory_limit_mb: float | None, seconds_left: Callable
             rows.append(_run_step(scale, batch, dtype, fn))
         except Exception as e:  # noqa: BLE001 - one case failing (e.g. out of memory) must not end the rest
             rows.append({"dtype": dtype, "batch": batch, "error": _error(e)})
+        progress({"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows, "partial": True})
     extra: list[tuple[str, int]] = []
     for dtype in scale.dtypes:
         plans = {r["batch"]: r["planned_mb"] for r in rows if r["dtype"] == dtype and r.get("planned_mb")}
-        if memory_limit_mb and len(plans) >= 2:
+        if memory_limit_mb and len(plans) >= 2 and scale.max_batch_cap > 0:
             fit = _max_batch(plans, memory_limit_mb, scale.max_batch_cap)
             if fit:
                 extra.append((dtype, fit))

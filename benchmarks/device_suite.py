@@ -52,7 +52,8 @@ class Scale:
     nets: tuple[int, int, int] = (64, 9, 64)  # ngf, n_blocks, ndf
     dtypes: tuple[str, ...] = ("bfloat16", "float32")
     batches: tuple[int, ...] = (1, 4, 8, 16)
-    max_batch_cap: int = 256
+    max_batch_cap: int = 256  # 0: no largest-batch search
+    step_cases: tuple[str, ...] = ()  # "dtype:batch" instead of dtypes x batches
     rounds: int = 3
     step_round_s: float = 0.5
     compile_workers: int = 6
@@ -168,6 +169,11 @@ class Suite:
         self.write()
         return value
 
+    def record(self, name: str, value: Any) -> None:
+        """Keep a stage's partial result on disk while it runs (a killed run keeps what it measured)."""
+        self.results[name] = value
+        self.write()
+
     def write(self) -> None:
         from benchmarks import device_report
 
@@ -199,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--stages", nargs="+", default=None, help="run only these stages")
     parser.add_argument("--skip", nargs="+", default=(), help="leave out these stages")
+    parser.add_argument(
+        "--step-cases",
+        nargs="+",
+        default=None,
+        metavar="DTYPE:BATCH",
+        help="the step stage's cases instead of the scale's dtypes x batches, e.g. bfloat16:8",
+    )
+    parser.add_argument("--no-max-batch", action="store_true", help="no largest-batch search in the step stage")
     args = parser.parse_args(argv)
     # One process shares the device with the PyTorch child: no preallocation (JAX grows its pool as it needs).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -206,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
     scale = DRY_RUN if args.dry_run else DEVICE
+    if args.step_cases:
+        scale = dataclasses.replace(scale, step_cases=tuple(args.step_cases))
+    if args.no_max_batch:
+        scale = dataclasses.replace(scale, max_batch_cap=0)
     budget = args.budget_s if args.budget_s is not None else (1e9 if args.dry_run else 330.0)
     data = args.data or _default_data(args.dry_run)
     suite = Suite(pathlib.Path(args.out), scale, budget, args.dry_run)
@@ -223,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         ("step", lambda: device_speed.stage_step(
             scale, _memory_limit_mb(args.memory_limit_mb or (64.0 if args.dry_run else None)),
             # the largest-batch cases only while the later stages keep their time
-            lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("runner", "translate") if k in wanted))),
+            lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("runner", "translate") if k in wanted),
+            lambda partial: suite.record("step", partial))),
         ("runner", lambda: device_speed.stage_runner(
             scale, data, (suite.results.get("step") or {}).get("rows", []))),
         ("translate", lambda: device_speed.stage_translate(scale)),

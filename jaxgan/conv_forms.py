@@ -47,11 +47,16 @@ FORMS = ("native", "cpu")
 IMPLS = ("auto", *FORMS)
 
 # conv_impl="auto": backend -> compute dtype -> kind -> form. CPU: the forms measured
-# fastest on XLA:CPU (benchmarks/RESULTS.md). GPU and TPU: native, unless the
-# device suite (benchmarks/device_suite.py, "conv forms" table) measured otherwise.
+# fastest on XLA:CPU (benchmarks/RESULTS.md). GPU: measured by the device suite on an
+# H200 (benchmarks/RESULTS.md, 2026-11-30; forward + both gradients of every layer of the
+# paper networks at 256x256, batch 4, bf16): native is faster for stride1 (3.7 vs 13.8 ms
+# per network), stride2 (0.53 vs 0.79) and pad1 (0.21 vs 0.35), while the native transposed
+# conv (an input-dilated convolution) took 18.6 ms against 0.53 for the four phase
+# convolutions. float32 is not measured yet and takes the bf16 choice. TPU: native.
+_GPU = {"stride1": "native", "stride2": "native", "transpose": "cpu", "pad1": "native"}
 AUTO: dict[str, dict[str, dict[str, str]]] = {
     "cpu": {dt: dict.fromkeys(KINDS, "cpu") for dt in ("float32", "bfloat16", "float16")},
-    "gpu": {dt: dict.fromkeys(KINDS, "native") for dt in ("float32", "bfloat16", "float16")},
+    "gpu": {dt: dict(_GPU) for dt in ("float32", "bfloat16", "float16")},
     "tpu": {dt: dict.fromkeys(KINDS, "native") for dt in ("float32", "bfloat16", "float16")},
 }
 
