@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test lint format bench clean
+.PHONY: install install-test demo test lint format bench device-suite device-dry-run device-prepare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,16 @@ format: install-test
 
 bench: install-test
 	$(BIN)/python -m benchmarks.train_step --sizes 128 --batch 1
+
+# The device suite (benchmarks/README.md): on an accelerator; its CPU dry run; what travels to a lent device.
+device-suite: install-test
+	$(BIN)/python -m benchmarks.device_suite --out runs/device_suite
+
+device-dry-run: install-test
+	$(BIN)/python -m benchmarks.device_suite --out runs/device_suite_dry --dry-run --stages env step torch step_max correctness runner translate forms
+
+device-prepare: install-test
+	PY=$(BIN)/python bash benchmarks/prepare_device.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -257,52 +257,73 @@ def _max_batch(plans: dict[int, float], limit_mb: float, cap: int) -> int | None
     return fit if fit > b2 else None
 
 
+def _step_case(scale: Any, dtype: str, batch: int, **extra: Any) -> dict[str, Any]:
+    """Compile (timed) and measure one step case; an error (e.g. out of memory) becomes the row's ``error``."""
+    try:
+        t = time.perf_counter()
+        fn = _lower_step(scale, batch, dtype).compile()
+        compile_s = round(time.perf_counter() - t, 1)
+        return {**_run_step(scale, batch, dtype, fn), "compile_s": compile_s, **extra}
+    except Exception as e:  # noqa: BLE001 - one case failing must not end the rest
+        return {"dtype": dtype, "batch": batch, "error": _error(e), **extra}
+
+
 def stage_step(
     scale: Any,
-    memory_limit_mb: float | None,
     seconds_left: Callable[[], float],
     progress: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """The train step at every batch of the scale and the largest that fits, per dtype; compiles in parallel.
+    """The train step for each case of the scale, in order (the largest batch: :func:`stage_step_max`).
 
-    A largest-batch case starts only while ``seconds_left()`` exceeds a minute (it compiles anew).
-    ``progress(result)`` receives the result so far after every case.
+    Cases compile one after the other: on the H200, XLA's autotuners running in parallel
+    threads slowed each other down until none finished (benchmarks/RESULTS.md). A case
+    starts only while ``seconds_left()`` exceeds ``scale.step_case_min_s`` (it compiles
+    anew); ``progress(result)`` receives the result so far after every case.
     """
-    rows: list[dict[str, Any]] = []
     if scale.step_cases:
         keys = [(c.split(":")[0], int(c.split(":")[1])) for c in scale.step_cases]
     else:
         keys = [(dtype, b) for dtype in scale.dtypes for b in scale.batches]
-    lowered = {k: _lower_step(scale, k[1], k[0]) for k in keys}
-    compiled = _compile_all(lowered, scale.compile_workers)
+    rows: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        return {"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows}
+
     for dtype, batch in keys:
-        fn = compiled[(dtype, batch)]
-        try:
-            if isinstance(fn, Exception):
-                raise fn
-            rows.append(_run_step(scale, batch, dtype, fn))
-        except Exception as e:  # noqa: BLE001 - one case failing (e.g. out of memory) must not end the rest
-            rows.append({"dtype": dtype, "batch": batch, "error": _error(e)})
-        progress({"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows, "partial": True})
-    extra: list[tuple[str, int]] = []
+        if seconds_left() < scale.step_case_min_s:
+            rows.append({"dtype": dtype, "batch": batch, "skipped": "time budget"})
+            continue
+        rows.append(_step_case(scale, dtype, batch))
+        progress({**result(), "partial": True})
+    return result()
+
+
+def stage_step_max(
+    scale: Any,
+    step: dict[str, Any],
+    memory_limit_mb: float | None,
+    seconds_left: Callable[[], float],
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> dict[str, Any]:
+    """The largest batch that fits, per dtype, from the planned memory of ``step``'s rows; returns ``step`` extended.
+
+    Run after the PyTorch stage: JAX keeps the device memory it grew to, and this stage grows it to the limit.
+    """
+    rows = list(step.get("rows", []))
     for dtype in scale.dtypes:
         plans = {r["batch"]: r["planned_mb"] for r in rows if r["dtype"] == dtype and r.get("planned_mb")}
+        fit = None
         if memory_limit_mb and len(plans) >= 2 and scale.max_batch_cap > 0:
             fit = _max_batch(plans, memory_limit_mb, scale.max_batch_cap)
-            if fit:
-                extra.append((dtype, fit))
-    for dtype, fit in extra:
-        for batch in (fit, max(1, fit * 3 // 4 // 8 * 8)):  # a quarter smaller once, if the estimate was too large
-            if seconds_left() < (0 if scale.dry_run else 60):
+        for batch in (fit, max(1, (fit or 0) * 3 // 4 // 8 * 8)) if fit else ():  # a quarter smaller once if too large
+            if seconds_left() < scale.step_case_min_s:
                 rows.append({"dtype": dtype, "batch": batch, "largest_that_fits": True, "skipped": "time budget"})
                 break
-            try:
-                fn = _lower_step(scale, batch, dtype).compile()
-                rows.append({**_run_step(scale, batch, dtype, fn), "largest_that_fits": True})
+            rows.append(_step_case(scale, dtype, batch, largest_that_fits=True))
+            progress({**step, "rows": rows, "partial": True})
+            if "error" not in rows[-1]:
                 break
-            except Exception as e:  # noqa: BLE001
-                rows.append({"dtype": dtype, "batch": batch, "largest_that_fits": True, "error": _error(e)})
-    return {"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows}
+    return {**step, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,11 @@ class Scale:
     dtypes: tuple[str, ...] = ("bfloat16", "float32")
     batches: tuple[int, ...] = (1, 4, 8, 16)
     max_batch_cap: int = 256  # 0: no largest-batch search
-    step_cases: tuple[str, ...] = ()  # "dtype:batch" instead of dtypes x batches
+    # "dtype:batch", most needed first (each compiles for about a minute on an H200 without cached autotuning).
+    step_cases: tuple[str, ...] = (
+        "bfloat16:8", "float32:1", "bfloat16:1", "bfloat16:16", "bfloat16:4", "float32:4", "float32:16", "float32:8",
+    )  # fmt: skip
+    step_case_min_s: float = 75.0  # a step case starts only with this much of the budget left
     rounds: int = 3
     step_round_s: float = 0.5
     compile_workers: int = 6
@@ -88,6 +92,8 @@ DRY_RUN = Scale(
     nets=(8, 2, 8),
     batches=(1, 2),
     max_batch_cap=4,
+    step_cases=("bfloat16:2", "float32:1", "bfloat16:1", "float32:2"),
+    step_case_min_s=0.0,
     rounds=1,
     step_round_s=0.05,
     compile_workers=2,
@@ -111,7 +117,11 @@ DRY_RUN = Scale(
 )
 
 # Seconds a stage needs at least on the device; a stage that would start with less left is skipped.
-MIN_SECONDS = {"env": 5, "correctness": 20, "torch": 30, "forms": 20, "step": 40, "runner": 40, "translate": 10}
+MIN_SECONDS = {
+    "env": 5, "step": 75, "torch": 30, "step_max": 75, "correctness": 30, "runner": 60, "translate": 30, "forms": 60,
+}  # fmt: skip
+STAGES = ("env", "step", "torch", "step_max", "correctness", "runner", "translate", "forms")
+DEFAULT_STAGES = STAGES[:-1]  # the per-layer form table (behind conv_forms.AUTO) only when asked for
 
 
 def _default_data(dry_run: bool) -> str:
@@ -169,10 +179,11 @@ class Suite:
         self.write()
         return value
 
-    def record(self, name: str, value: Any) -> None:
-        """Keep a stage's partial result on disk while it runs (a killed run keeps what it measured)."""
+    def record(self, name: str, value: Any) -> dict[str, Any]:
+        """Keep a stage's (partial) result on disk (a killed run keeps what it measured); returns a note."""
         self.results[name] = value
         self.write()
+        return {"recorded_in": name}
 
     def write(self) -> None:
         from benchmarks import device_report
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DTYPE:BATCH",
         help="the step stage's cases instead of the scale's dtypes x batches, e.g. bfloat16:8",
     )
-    parser.add_argument("--no-max-batch", action="store_true", help="no largest-batch search in the step stage")
+    parser.add_argument("--no-max-batch", action="store_true", help="no largest-batch search (stage step_max)")
     args = parser.parse_args(argv)
     # One process shares the device with the PyTorch child: no preallocation (JAX grows its pool as it needs).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -224,32 +235,36 @@ def main(argv: list[str] | None = None) -> int:
         scale = dataclasses.replace(scale, step_cases=tuple(args.step_cases))
     if args.no_max_batch:
         scale = dataclasses.replace(scale, max_batch_cap=0)
-    budget = args.budget_s if args.budget_s is not None else (1e9 if args.dry_run else 330.0)
+    budget = args.budget_s if args.budget_s is not None else (1e9 if args.dry_run else 360.0)
     data = args.data or _default_data(args.dry_run)
     suite = Suite(pathlib.Path(args.out), scale, budget, args.dry_run)
-    wanted = set(args.stages or ["env", "correctness", "torch", "forms", "step", "runner", "translate"])
+    wanted = set(args.stages or DEFAULT_STAGES)
     wanted -= set(args.skip)
 
     from benchmarks import device_checks, device_speed
 
-    stages: list[tuple[str, Callable[[], Any]]] = [
-        ("env", lambda: device_checks.stage_env(scale)),
-        ("correctness", lambda: device_checks.stage_correctness(scale)),
-        # Before the large JAX allocations, so that PyTorch has the device's memory.
-        ("torch", lambda: device_speed.stage_torch(scale, min(110.0, max(30.0, suite.left() * 0.35)))),
-        ("forms", lambda: device_speed.stage_forms(scale)),
-        ("step", lambda: device_speed.stage_step(
-            scale, _memory_limit_mb(args.memory_limit_mb or (64.0 if args.dry_run else None)),
-            # the largest-batch cases only while the later stages keep their time
-            lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("runner", "translate") if k in wanted),
+    stages: dict[str, Callable[[], Any]] = {
+        "env": lambda: device_checks.stage_env(scale),
+        "step": lambda: device_speed.stage_step(
+            scale,
+            # cases only while the later stages keep their time
+            lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("torch", "correctness", "translate") if k in wanted),
+            lambda partial: suite.record("step", partial)),
+        "step_max": lambda: suite.record("step", device_speed.stage_step_max(
+            scale, suite.results.get("step") or {},
+            _memory_limit_mb(args.memory_limit_mb or (64.0 if args.dry_run else None)),
+            lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("correctness", "translate") if k in wanted),
             lambda partial: suite.record("step", partial))),
-        ("runner", lambda: device_speed.stage_runner(
-            scale, data, (suite.results.get("step") or {}).get("rows", []))),
-        ("translate", lambda: device_speed.stage_translate(scale)),
-    ]  # fmt: skip
-    for name, fn in stages:
+        # The PyTorch child after the step: JAX does not preallocate, so the child has the device's memory.
+        "torch": lambda: device_speed.stage_torch(scale, min(110.0, max(30.0, suite.left() * 0.4))),
+        "correctness": lambda: device_checks.stage_correctness(scale),
+        "runner": lambda: device_speed.stage_runner(scale, data, (suite.results.get("step") or {}).get("rows", [])),
+        "translate": lambda: device_speed.stage_translate(scale),
+        "forms": lambda: device_speed.stage_forms(scale),
+    }  # fmt: skip
+    for name in STAGES:
         if name in wanted:
-            suite.run(name, fn)
+            suite.run(name, stages[name])
     statuses = {k: v["status"] for k, v in suite.results["stages"].items()}
     print(json.dumps({"stages": statuses, "summary": suite.results.get("summary")}, default=str), flush=True)
     print((suite.out / "device_suite.md").read_text(), flush=True)

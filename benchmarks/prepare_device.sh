@@ -15,6 +15,9 @@ mkdir -p .whl
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
   ml-collections==1.1.0 tensorboardX==2.6.5
 "$PY" -m benchmarks.compact_dataset --src "$SRC" --dst .devdata/horse2zebra --train-quality 80 --max-mib 56
+# XLA's per-fusion autotuning results from the last device session (committed when they came back), if any.
+mkdir -p .devdata/xla_autotune
+for t in benchmarks/device_cache/*.tar; do [ -f "$t" ] && tar -C .devdata/xla_autotune -xf "$t"; done
 
 # Everything that travels: tracked and untracked-not-ignored files, plus the two carried folders.
 tree_bytes=$( (git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) || echo 0)
@@ -25,6 +28,7 @@ echo "travels: $(( total / 1048576 )) MiB (limit 64 MiB)"
 
 cat <<'CMD'
 device run (carry [".whl", ".devdata"], timeout_s 600):
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache PYTHONUNBUFFERED=1 TQDM_DISABLE=1; T0=$(date +%s); timeout 420 python3 -m benchmarks.device_suite --out $OUT --budget-s 330 --skip runner; python3 -m benchmarks.quality_gpu --out $OUT --data folder:.devdata/horse2zebra --deadline $((T0 + 575)) --suite-json $OUT/device_suite.json
-(the quality run is the end-to-end runner measurement on the device: its logs give the steady images/s)
+  OUT=$OUT bash benchmarks/device_run.sh
+Bring home what comes back; commit xla_autotune.tar as benchmarks/device_cache/xla_autotune.tar (small) so
+the next session's compilations skip XLA's autotuning.
 CMD

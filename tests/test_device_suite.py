@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from benchmarks import common, device_report, device_speed, quality_gpu
+from benchmarks import common, device_report, device_speed, device_suite, quality_gpu
 
 
 def test_layer_specs_cover_both_networks_conv_flops():
@@ -98,14 +98,13 @@ def test_report_numbers():
 def test_device_suite_dry_run_runs_every_stage(tmp_path):
     out = tmp_path / "suite"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.device_suite", "--out", str(out), "--dry-run", "--data", "synthetic"],
+        [sys.executable, "-m", "benchmarks.device_suite", "--out", str(out), "--dry-run", "--data", "synthetic",
+         "--stages", *device_suite.STAGES],
         cwd=ROOT, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "device_suite.json").read_text())
-    assert {k: v["status"] for k, v in results["stages"].items()} == dict.fromkeys(
-        ["env", "correctness", "torch", "forms", "step", "runner", "translate"], "ok"
-    )
+    assert {k: v["status"] for k, v in results["stages"].items()} == dict.fromkeys(device_suite.STAGES, "ok")
     assert results["correctness"]["ok"] and results["correctness"]["step_vs_cpu"]["highest"]["max_rel"] <= 1e-3
     decision = results["forms"]["decision"]
     assert all(decision[dt][k]["fastest"] in ("native", "cpu") for dt in decision for k in decision[dt])
@@ -132,19 +131,26 @@ def test_plan_schedule_fits_the_time_and_halves_the_epochs():
 
 def test_translations_round_trip_losslessly_and_drop_what_does_not_fit(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 200, 16)
+    smooth = ramp[:, None, None] + ramp[None, :, None] * np.array([0.2, 0.5, 0.1])  # photo-like, not noise
+    images = np.clip(smooth[None] + rng.normal(0, 4, (3, 16, 16, 3)), 0, 255).astype(np.uint8)
     sets = {(w, d): ([f"x{i}.jpg" for i in range(3)], images) for w in ("ema", "raw") for d in ("AtoB", "BtoA")}
     monkeypatch.setattr(quality_gpu, "PART_BYTES", 2048)  # several parts
     files = quality_gpu.write_translations(tmp_path, sets)
-    assert len(files["parts"]) > 1 and files["kept"] == ["ema/AtoB", "ema/BtoA", "raw/AtoB", "raw/BtoA"]
+    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", 10**6)
+    files = quality_gpu.write_translations(tmp_path, sets)
+    want = ["ema/AtoB", "ema/BtoA", "raw_q95/AtoB", "raw_q95/BtoA", "ema_q95/AtoB", "ema_q95/BtoA"]
+    assert len(files["parts"]) > 1 and files["kept"] == want
     back = quality_gpu.read_translations(tmp_path)
-    assert set(back) == {"ema/AtoB", "ema/BtoA", "raw/AtoB", "raw/BtoA"}
-    np.testing.assert_array_equal(back["raw/BtoA"]["x2"], images[2])
-    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", 3 * 2600)  # room for some sets only
+    assert set(back) == set(want)
+    np.testing.assert_array_equal(back["ema/BtoA"]["x2"], images[2])  # lossless
+    lossy = back["raw_q95/BtoA"]["x2"].astype(int)
+    assert lossy.shape == images[2].shape and np.abs(lossy - images[2]).mean() < 6
+    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", 2 * 2600)  # room for some sets only
     for p in tmp_path.glob("*.part*"):
         p.unlink()
     files = quality_gpu.write_translations(tmp_path, sets)
-    assert files["kept"][0] == "ema/AtoB" and files["dropped"] and files["dropped"][-1] == "raw/BtoA"
+    assert files["kept"][0] == "ema/AtoB" and files["dropped"] and files["dropped"][-1] == "ema_q95/BtoA"
 
 
 def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_path):
@@ -158,7 +164,7 @@ def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert time.time() < deadline + 30  # the watchdog and the reserve keep the deadline
     result = json.loads((out / "quality.json").read_text())
-    assert result["steps_done"] > 0 and result["translations"]["kept"][:2] == ["ema/AtoB", "ema/BtoA"]
+    assert result["steps_done"] > 0 and result["translations"]["kept"][:3] == ["ema/AtoB", "ema/BtoA", "raw_q95/AtoB"]
     assert (out / "quality_grid.png").stat().st_size > 0
     sets = quality_gpu.read_translations(out)
     assert len(sets["ema/AtoB"]) == 4 and next(iter(sets["ema/AtoB"].values())).shape == (32, 32, 3)

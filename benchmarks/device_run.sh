@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole device session's command: the device suite, then the GPU quality run, in one `run` of at most 600 s.
+# Prepare first, here: bash benchmarks/prepare_device.sh (wheels and data into .whl/ and .devdata/).
+# On the device (see benchmarks/README.md):  bash benchmarks/device_run.sh
+# Files back in $OUT (at most 8): device_suite.json/.md, quality.json, quality_grid.png, xla_autotune.tar,
+# quality_translations.tar.part0..2.
+# DRY=1 runs the same script on this machine's CPU at the dry-run sizes (PY: the Python to use).
+set -u
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+OUT=${OUT:-/tmp/device_out}
+PY=${PY:-python3}
+DRY_FLAG=""
+[ "${DRY:-0}" = 1 ] && DRY_FLAG="--dry-run"
+mkdir -p "$OUT"
+if [ -z "$DRY_FLAG" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache
+
+# XLA's autotuning results per fusion, shared by the two processes and carried between sessions
+# (.devdata/xla_autotune, filled from the last session's xla_autotune.tar by prepare_device.sh).
+CACHE=$PWD/.devdata/xla_autotune
+mkdir -p "$CACHE"
+export XLA_FLAGS="--xla_gpu_per_fusion_autotune_cache_dir=$CACHE"
+if [ -n "$DRY_FLAG" ] || ! "$PY" -c "import jax; jax.devices()" >/dev/null 2>&1; then
+  echo "no XLA:GPU autotuning cache (dry run, or this XLA rejects --xla_gpu_per_fusion_autotune_cache_dir)"
+  unset XLA_FLAGS
+fi
+echo "autotune cache: $(find "$CACHE" -type f | wc -l) entries at start"
+
+timeout 400 "$PY" -m benchmarks.device_suite --out "$OUT" --budget-s 360 --data folder:.devdata/horse2zebra \
+  --skip runner $DRY_FLAG
+"$PY" -m benchmarks.quality_gpu --out "$OUT" --data folder:.devdata/horse2zebra --deadline $((T0 + 570)) \
+  --suite-json "$OUT/device_suite.json" $DRY_FLAG > /tmp/quality.log 2>&1
+echo "quality run exit $?; its last lines:"
+tail -c 3000 /tmp/quality.log | tr '\r' '\n' | tail -5
+
+echo "autotune cache: $(find "$CACHE" -type f | wc -l) entries at the end"
+tar -C "$CACHE" -cf "$OUT/xla_autotune.tar" . && [ "$(stat -c %s "$OUT/xla_autotune.tar")" -lt 16000000 ] \
+  || rm -f "$OUT/xla_autotune.tar"
+cat "$OUT/device_suite.md" 2>/dev/null | head -80
