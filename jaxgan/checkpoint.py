@@ -22,6 +22,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -135,8 +136,36 @@ class Checkpointer:
         devices restore on M devices.
         """
         abstract = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except ValueError as e:  # a structure mismatch: perhaps only the EMA group differs
+            if not (isinstance(abstract, dict) and "ema" in abstract):
+                raise
+            try:
+                restored = self._restore_across_ema(step, abstract)
+            except Exception:  # noqa: BLE001 - not an EMA difference: report the original mismatch
+                raise e from None
         return target.replace(**restored) if dataclasses.is_dataclass(target) else restored
+
+    def _restore_across_ema(self, step: int, abstract: dict) -> dict:
+        """Restore a checkpoint whose EMA group differs from the run's (``TrainState.ema``).
+
+        A checkpoint from before EMA (or from a run with ``ema_decay=0``) into a run that keeps one: the EMA
+        starts from the restored generator weights. A checkpoint with an EMA into a run without: it is dropped.
+        """
+        if abstract["ema"]:
+            rest = {k: v for k, v in abstract.items() if k != "ema"}
+            try:  # written before EMA existed: no group at all
+                restored = self.manager.restore(step, args=ocp.args.StandardRestore(rest))
+            except ValueError:  # written with ema_decay=0: an empty group
+                restored = self.manager.restore(step, args=ocp.args.StandardRestore({**rest, "ema": {}}))
+            restored["ema"] = {k: jax.tree_util.tree_map(jnp.copy, restored["params"][k]) for k in abstract["ema"]}
+            log.info("The checkpoint at step %d keeps no EMA of the generators: it starts from their weights.", step)
+            return restored
+        generators = {k: v for k, v in abstract["params"].items() if k.startswith("g_")}
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore({**abstract, "ema": generators}))
+        restored["ema"] = {}
+        return restored
 
     def restore_latest(self, target: PyTree) -> tuple[PyTree | None, int | None]:
         """Restore the newest readable checkpoint; (None, None) when there is none.

@@ -28,6 +28,7 @@ from jaxgan import checkpoint, conv_forms, cpu_memory, image_io, models, train
 
 PyTree = Any
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
+WEIGHTS = ("ema", "raw")
 
 
 class TranslateError(ValueError):
@@ -75,8 +76,31 @@ def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarr
     return np.concatenate(outs) if outs else np.zeros_like(images)
 
 
-def load_generator_from_run(workdir: str | pathlib.Path, direction: str, step: int | None = None):
-    """(generator, params, step) of the newest (or given) checkpoint of a training run."""
+def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> PyTree:
+    """``state[group][name]`` of one checkpoint (``group``: ``params`` or ``ema``), onto this process's first device.
+
+    Explicit shardings: a checkpoint written by N devices (or processes) restores on one.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {group: {name: shapes}}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(
+            path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        )
+    return restored[group][name]
+
+
+def load_generator_from_run(
+    workdir: str | pathlib.Path, direction: str, step: int | None = None, weights: str = "ema"
+) -> tuple[models.ResnetGenerator, PyTree, int, str]:
+    """(generator, params, step, weights used) of the newest (or given) checkpoint of a training run.
+
+    ``weights``: ``"ema"`` (the moving average, where the run keeps one; else the raw
+    weights, and the fourth value says ``"raw"``) or ``"raw"``.
+    """
+    if weights not in WEIGHTS:
+        raise TranslateError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
     workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
     saved = checkpoint.load_config(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -90,32 +114,28 @@ def load_generator_from_run(workdir: str | pathlib.Path, direction: str, step: i
     generator = make_generator(saved["model"])
     shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
     name = DIRECTIONS[direction]
-    target = {"params": {name: shapes}}
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(), target)
+    groups = ["ema", "params"] if weights == "ema" and float(saved.get("ema_decay", 0) or 0) > 0 else ["params"]
     errors = []
     for s in reversed(steps):  # the newest readable one
-        try:
-            with ocp.PyTreeCheckpointer() as ckptr:
-                restored = ckptr.restore(
-                    ckpt_dir / str(s) / "default",
-                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-                )
-            return generator, restored["params"][name], s
-        except Exception as e:  # noqa: BLE001 - fall back to an older checkpoint
-            errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        for group in groups:
+            try:
+                params = _restore_generator(ckpt_dir / str(s) / "default", group, name, shapes)
+                return generator, params, s, "ema" if group == "ema" else "raw"
+            except Exception as e:  # noqa: BLE001 - fall back to the raw weights, then to an older checkpoint
+                errors.append(f"step {s} {group}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     raise TranslateError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
 
 
 def load_generator(
-    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None
+    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
 ) -> tuple[models.ResnetGenerator, PyTree]:
-    """(generator, params) from a run directory or an imported generator checkpoint."""
+    """(generator, params) from a run directory (its EMA or raw weights) or an imported generator checkpoint."""
     if direction not in DIRECTIONS:
         raise TranslateError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
     if bool(workdir) == bool(checkpoint_dir):
         raise TranslateError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
     if workdir:
-        generator, params, _ = load_generator_from_run(workdir, direction)
+        generator, params, _, _ = load_generator_from_run(workdir, direction, weights=weights)
         return generator, params
     from jaxgan import interop  # only for imported checkpoints
 
@@ -195,10 +215,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the translated images")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--weights", default="ema", help="with --workdir: ema (the moving average, if kept) or raw")
     args = parser.parse_args(argv)
     cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
     try:
-        generator, params = load_generator(args.direction, args.workdir, args.checkpoint)
+        generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         written = translate_files(generator, params, args.input, args.output, args.batch_size)
     except (TranslateError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)

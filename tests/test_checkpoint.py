@@ -10,8 +10,8 @@ from conftest import tiny_config
 from jaxgan import checkpoint, train
 
 
-def _state(seed=0):
-    return train.create_train_state(tiny_config(), jax.random.PRNGKey(seed))
+def _state(seed=0, **overrides):
+    return train.create_train_state(tiny_config(**overrides), jax.random.PRNGKey(seed))
 
 
 def _equal(a, b) -> bool:
@@ -31,8 +31,9 @@ def test_round_trip_is_exact_and_keeps_last_n(tmp_path):
     ck.close()
     assert step == 3
     assert isinstance(restored, train.TrainState)
-    assert _equal((restored.params, restored.opt_state, restored.pool_a, restored.rng, restored.step),
-                  (s1.params, s1.opt_state, s1.pool_a, s1.rng, s1.step))  # fmt: skip
+    assert _equal((restored.params, restored.opt_state, restored.pool_a, restored.rng, restored.step, restored.ema),
+                  (s1.params, s1.opt_state, s1.pool_a, s1.rng, s1.step, s1.ema))  # fmt: skip
+    assert restored.ema and not _equal(restored.ema, {k: s1.params[k] for k in train.GENERATORS})
 
 
 def test_empty_directory_restores_nothing(tmp_path):
@@ -74,3 +75,39 @@ def test_config_check_names_every_differing_field(tmp_path):
         checkpoint.check_compatible(loaded, tiny_config(**{"model.ngf": 16, "pool_size": 7}))
     msg = str(e.value)
     assert "model.ngf: checkpoint has 8, config has 16" in msg and "pool_size" in msg and "--workdir" in msg
+
+
+def _stepped(**overrides):
+    batch = {"A": jax.numpy.zeros((1, 32, 32, 3)), "B": jax.numpy.ones((1, 32, 32, 3)) * 0.5}
+    return train.train_step(_state(**overrides), batch)[0]
+
+
+@pytest.mark.parametrize("written", ["before EMA existed", "with ema_decay=0"])
+def test_checkpoint_without_ema_restores_into_a_run_with_ema(tmp_path, caplog, written):
+    """A checkpoint written before EMA existed (no group) or with ema_decay=0 (an empty one): the EMA starts
+    from its generator weights."""
+    old = _stepped(ema_decay=0.0)
+    assert old.ema == {}
+    ck = checkpoint.Checkpointer(tmp_path)
+    if written == "before EMA existed":  # the TrainState of then: every field but ema
+        ck.save(1, {k: v for k, v in checkpoint._leaves_only(old).items() if k != "ema"})
+    else:
+        ck.save(1, old)
+    ck.wait()
+    target = jax.eval_shape(lambda: _state(ema_decay=0.999))
+    with caplog.at_level(logging.INFO, logger="jaxgan"):
+        restored, step = ck.restore_latest(target)
+    ck.close()
+    assert step == 1 and _equal((restored.params, restored.opt_state), (old.params, old.opt_state))
+    assert _equal(restored.ema, {k: old.params[k] for k in train.GENERATORS})
+    assert "keeps no EMA" in caplog.text
+
+
+def test_checkpoint_with_ema_restores_into_a_run_without(tmp_path):
+    new = _stepped(ema_decay=0.999)
+    ck = checkpoint.Checkpointer(tmp_path)
+    ck.save(1, new)
+    ck.wait()
+    restored, _ = ck.restore_latest(jax.eval_shape(lambda: _state(ema_decay=0.0)))
+    ck.close()
+    assert restored.ema == {} and _equal(restored.params, new.params)

@@ -26,7 +26,8 @@ def tiny(**overrides):
 
 
 def _params(state):
-    return jax.tree_util.tree_map(np.asarray, (state.params, state.opt_state, state.pool_a, state.pool_b, state.rng))
+    fields = (state.params, state.opt_state, state.pool_a, state.pool_b, state.rng, state.ema)
+    return jax.tree_util.tree_map(np.asarray, fields)
 
 
 def _bitwise_equal(a, b) -> bool:
@@ -163,6 +164,11 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     )
     assert one.returncode == 0, one.stderr
     assert Image.open(tmp_path / "o1" / "odd.png").size == (53, 37)
+    raw = run("--workdir", str(workdir), "--direction", "BtoA", "--weights", "raw", "--input", str(src / "odd.jpg"),
+              "--output", str(tmp_path / "o1raw"))  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    ema_img, raw_img = (np.asarray(Image.open(tmp_path / d / "odd.png")) for d in ("o1", "o1raw"))
+    assert ema_img.shape == raw_img.shape and not np.array_equal(ema_img, raw_img)  # the EMA is used by default
     # A relative --workdir (as users type it) must work too: Orbax itself only takes absolute paths.
     many = run("--workdir", os.path.relpath(workdir, ROOT), "--input", str(src), "--output", str(tmp_path / "o2"))
     assert many.returncode == 0, many.stderr
