@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxgan import checkpoint, input_pipeline, loop
+    from jaxgan import checkpoint, input_pipeline, loop, results
 
     # Our own INFO lines from process 0, short; libraries (Orbax, absl) only at WARNING.
     absl_logging.get_absl_handler().setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("jaxgan").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
         if FLAGS.mode == "results":
-            loop.results_only(_CONFIG.value, FLAGS.workdir)
+            results.results_only(_CONFIG.value, FLAGS.workdir)
         else:
             loop.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     except (

