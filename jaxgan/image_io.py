@@ -13,7 +13,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -30,7 +30,7 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
     Grayscale and bilevel images are repeated over the three channels, palette images are expanded,
     alpha is dropped (as the official ``Image.convert('RGB')`` does), CMYK is converted, and 16-bit
     images are scaled to 8 bits (65535 -> 255) instead of being clipped. Animated files give their
-    first frame.
+    first frame. The EXIF orientation is applied, so a phone photo comes out upright as viewers show it.
 
     Args:
       source: a file path or the encoded file bytes.
@@ -49,7 +49,8 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 image.load()
-                return pil_to_rgb(image)
+                # Upright as viewers show it: phone photos store the camera's rotation in EXIF tag 274.
+                return pil_to_rgb(ImageOps.exif_transpose(image))
     except FileNotFoundError as error:
         raise DataError(f"{label}: no such file") from error
     except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError) as error:

@@ -479,3 +479,34 @@ def test_tfds_unknown_names_are_clear_errors(name, match):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match=match):
         input_pipeline.create_train_stream(make_config(f"tfds:{name}"))
+
+
+# ------------------------------------------------------------------------------------------- EXIF
+
+
+def _phone_photo(path, stored_hw=(48, 80), orientation=6) -> np.ndarray:
+    """A JPEG stored ``stored_hw`` with EXIF orientation 6 (shown rotated 90 degrees clockwise); returns the
+    upright image as a viewer shows it (``uint8[W, H, 3]``), up to JPEG's rounding."""
+    stored = np.zeros((*stored_hw, 3), np.uint8)
+    stored[: stored_hw[0] // 2, :, 0] = 255  # top half red in the stored frame: the right half once upright
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
+    return np.rot90(stored, k=-1)
+
+
+def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path):
+    upright = _phone_photo(tmp_path / "phone.jpg")
+    got = image_io.decode_image(tmp_path / "phone.jpg")
+    assert got.shape == (80, 48, 3) == upright.shape  # stored 80 wide x 48 high, shown 48 wide x 80 high
+    assert np.abs(got.astype(int) - upright).mean() < 8
+    assert got[:, 30:, 0].mean() > 200 and got[:, :18, 0].mean() < 50  # red on the right once upright
+    root = tmp_path / "data"
+    make_folder(root, {"trainA": 1, "trainB": 1, "testA": 0, "testB": 1})
+    os.makedirs(root / "testA", exist_ok=True)
+    for split in ("trainA", "testA"):
+        _phone_photo(root / split / "phone.jpg")
+    config = make_config(f"folder:{root}", preprocess="none", flip=False, crop_size=32)
+    test = input_pipeline.load_test_split(config, "A")
+    red = image_io.to_uint8(test.images[0])[..., 0]
+    assert red[:, 20:].mean() > 200 and red[:, :12].mean() < 50  # the test transform sees it upright too
