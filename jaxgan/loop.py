@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxgan import checkpoint, cpu_memory, input_pipeline, parallel, report, results, train
+from jaxgan import checkpoint, config_check, cpu_memory, input_pipeline, parallel, report, results, train
+from jaxgan.config_check import ConfigError, parse_profile_steps  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -30,25 +31,6 @@ PyTree = Any
 
 class TrainingDivergedError(RuntimeError):
     """A loss or gradient norm became NaN or Inf; names the step and the term."""
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work (clear, actionable message)."""
-
-
-def parse_profile_steps(spec: str) -> tuple[int, int] | None:
-    """``config.profile_steps`` ``"N..M"`` (1-based, inclusive) -> ``(N, M)``; ``""`` -> None."""
-    spec = str(spec or "").strip()
-    if not spec:
-        return None
-    first, sep, last = spec.partition("..")
-    try:
-        n, m = int(first), int(last)
-    except ValueError:
-        n = m = 0
-    if not sep or not 1 <= n <= m:
-        raise ConfigError(f"config.profile_steps={spec!r}: use 'N..M' with 1 <= N <= M, e.g. '100..110'.")
-    return n, m
 
 
 class _Preemption:
@@ -127,11 +109,13 @@ def train_and_evaluate(
     ``images_per_s``) of every logging interval on process 0.
 
     Returns the final state. Raises :class:`TrainingDivergedError` on NaN/Inf,
-    :class:`checkpoint.CheckpointError` for an incompatible run directory,
+    :class:`checkpoint.CheckpointError` for an incompatible run directory, :class:`ConfigError` for
+    invalid config values (all of them in one message),
     :class:`input_pipeline.DataError` for bad data, :class:`parallel.ParallelError`
     for a batch that does not fit the devices.
     """
     t_start = time.perf_counter()
+    config_check.check(config)  # every field, before any data is read or anything compiled
     workdir = pathlib.Path(workdir)
     main = jax.process_index() == 0
     profile = parse_profile_steps(config.get("profile_steps", ""))

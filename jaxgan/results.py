@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, conv_forms, cpu_memory, input_pipeline, parallel, report, train
+from jaxgan import checkpoint, config_check, conv_forms, cpu_memory, input_pipeline, parallel, report, train
 
 log = logging.getLogger("jaxgan.loop")  # the runner's log: results lines appear with its other lines
 PyTree = Any
@@ -191,6 +191,7 @@ def log_summary(summary: dict[str, Any]) -> None:
 
 def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
     """Restore the newest checkpoint of ``workdir`` and (re)write its results page."""
+    config_check.check(config)
     workdir = pathlib.Path(workdir)
     saved = checkpoint.load_config(workdir)
     if saved is None:
