@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxgan import checkpoint, input_pipeline, loop, results
+    from jaxgan import checkpoint, input_pipeline, loop, results, run_lock
 
     # Our own INFO lines from process 0, short; libraries (Orbax, absl) only at WARNING.
     absl_logging.get_absl_handler().setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
         parallel.ParallelError,
         loop.TrainingDivergedError,
         loop.ConfigError,
+        run_lock.RunLockError,
     ) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxgan import checkpoint, config_check, cpu_memory, input_pipeline, parallel, report, results, train
+from jaxgan import checkpoint, config_check, cpu_memory, input_pipeline, parallel, report, results, run_lock, train
 from jaxgan.config_check import ConfigError, parse_profile_steps  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,21 @@ def train_and_evaluate(
     :class:`checkpoint.CheckpointError` for an incompatible run directory, :class:`ConfigError` for
     invalid config values (all of them in one message),
     :class:`input_pipeline.DataError` for bad data, :class:`parallel.ParallelError`
-    for a batch that does not fit the devices.
+    for a batch that does not fit the devices, :class:`run_lock.RunLockError` when another
+    process trains in ``workdir``.
     """
-    t_start = time.perf_counter()
     config_check.check(config)  # every field, before any data is read or anything compiled
-    workdir = pathlib.Path(workdir)
+    lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_and_evaluate(config, pathlib.Path(workdir), on_log)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    on_log: Callable[[int, dict[str, float]], None] | None,
+) -> train.TrainState:
+    t_start = time.perf_counter()
     main = jax.process_index() == 0
     profile = parse_profile_steps(config.get("profile_steps", ""))
     mesh = parallel.mesh_from_config(config)
