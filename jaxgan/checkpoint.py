@@ -16,14 +16,17 @@ function of the step.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -119,14 +122,45 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: PyTree, force: bool = False) -> bool:
-        """Start saving ``state`` as ``step``; returns whether a save started."""
+        """Start saving ``state`` as ``step``; returns whether a save started.
+
+        Raises :class:`CheckpointError` (saying how much space a checkpoint needs) when the disk
+        lacks the room or fills up while writing; the checkpoints already there stay intact (Orbax
+        writes to a temporary folder and deletes old checkpoints only after a new one is complete).
+        """
         if step in self.manager.all_steps():
             return False
-        return bool(self.manager.save(step, args=ocp.args.StandardSave(_leaves_only(state)), force=force))
+        leaves = _leaves_only(state)
+        need = _state_bytes(leaves)
+        free = shutil.disk_usage(self.directory).free
+        if free < need * _SPACE_MARGIN:
+            raise CheckpointError(self._space_message(step, need, free))
+        try:
+            return bool(self.manager.save(step, args=ocp.args.StandardSave(leaves), force=force))
+        except Exception as e:
+            if _is_disk_full(e):
+                raise CheckpointError(self._space_message(step, need, shutil.disk_usage(self.directory).free)) from e
+            raise
 
     def wait(self) -> None:
-        """Block until pending saves are on disk."""
-        self.manager.wait_until_finished()
+        """Block until pending saves are on disk (a full disk: :class:`CheckpointError`, as :meth:`save`)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if _is_disk_full(e):
+                free = shutil.disk_usage(self.directory).free
+                raise CheckpointError(self._space_message(None, None, free)) from e
+            raise
+
+    def _space_message(self, step: int | None, need: int | None, free: int) -> str:
+        kept = self.all_steps()
+        what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
+        size = f" needs about {need / 2**20:,.0f} MiB" if need else ""
+        return (
+            f"Not enough disk space to save {what} in {self.directory}:{size}, {free / 2**20:,.0f} MiB are free. "
+            f"The checkpoints already there are intact ({', '.join(map(str, kept)) or 'none yet'}); free some space "
+            "(or lower --config.keep_checkpoints) and rerun the same command to resume from the newest."
+        )
 
     def restore(self, step: int, target: PyTree) -> PyTree:
         """Restore ``step`` into the structure, shapes, dtypes and shardings of ``target``.
@@ -190,8 +224,30 @@ class Checkpointer:
         return None, None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Finish pending saves and release the manager (a save that failed was reported by :meth:`wait`)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - already raised to the caller by save() or wait()
+            log.warning("A pending checkpoint save failed: %s", e)
         self.manager.close()
+
+
+_SPACE_MARGIN = 1.1  # free space asked for beyond the state's own bytes (Orbax metadata, filesystem blocks)
+
+
+def _state_bytes(tree: PyTree) -> int:
+    """Bytes of every array leaf: what a checkpoint of ``tree`` takes on disk, give or take metadata."""
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC anywhere in the exception's chain (Orbax wraps the writers' errors)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if getattr(seen, "errno", None) == errno.ENOSPC or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _leaves_only(state: PyTree) -> PyTree:

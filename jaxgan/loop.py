@@ -201,8 +201,11 @@ def _train_and_evaluate(
             grid = report.sample_grid(cols)
             from jaxgan import image_io
 
-            image_io.save_image(workdir / "samples" / f"step_{step:07d}.png", grid)
-            writer.add_image("samples", grid, step, dataformats="HWC")
+            try:
+                image_io.save_image(workdir / "samples" / f"step_{step:07d}.png", grid)
+                writer.add_image("samples", grid, step, dataformats="HWC")
+            except OSError as e:  # e.g. a full disk: a lost sample grid must not stop training
+                log.warning("Could not write the sample grid of step %d: %s", step, e)
 
     from tqdm import tqdm
 

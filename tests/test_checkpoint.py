@@ -111,3 +111,35 @@ def test_checkpoint_with_ema_restores_into_a_run_without(tmp_path):
     restored, _ = ck.restore_latest(jax.eval_shape(lambda: _state(ema_decay=0.0)))
     ck.close()
     assert restored.ema == {} and _equal(restored.params, new.params)
+
+
+def test_too_little_space_is_a_clear_error_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    state = _state()
+    ck = checkpoint.Checkpointer(tmp_path)
+    ck.save(1, state)
+    ck.wait()
+    need = checkpoint._state_bytes(checkpoint._leaves_only(state))
+    usage = checkpoint.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: usage._replace(free=need // 2))
+    with pytest.raises(checkpoint.CheckpointError, match=r"Not enough disk space .* step 2.* needs about"):
+        ck.save(2, state)
+    assert ck.all_steps() == [1]
+    monkeypatch.undo()
+    restored, step = ck.restore_latest(jax.eval_shape(lambda: state))
+    assert step == 1 and _equal(restored.params, state.params)
+    ck.close()
+
+
+def test_disk_full_while_writing_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    ck = checkpoint.Checkpointer(tmp_path)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("save failed") from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.manager, "save", full)
+    with pytest.raises(checkpoint.CheckpointError, match="Not enough disk space.*rerun the same command"):
+        ck.save(1, _state())
+    monkeypatch.undo()
+    ck.close()

@@ -250,3 +250,33 @@ def test_prefetch_to_mesh_keeps_order_runs_ahead_and_closes_the_source():
     next(it2)
     it2.close()
     assert closed == [True, True]
+
+
+def test_full_disk_stops_with_a_clear_error_and_the_run_resumes_after_space_is_freed(tmp_path):
+    """On a real small filesystem (tmpfs; needs root to mount): the save at step 4 finds no room."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        workdir = mnt / "run"
+        common = ["--config.sample_every_steps=0", "--config.checkpoint_every_steps=2", "--config.log_every_steps=1"]
+        first = subprocess.run(_command(workdir, "--config.num_train_steps=2", *common), cwd=ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * max(0, free - 64 * 1024))  # leave 64 KB: less than a checkpoint
+        full = subprocess.run(_command(workdir, "--config.num_train_steps=4", *common), cwd=ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert "Not enough disk space" in full.stderr and "Traceback" not in full.stderr, full.stderr
+        assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+        filler.unlink()
+        again = subprocess.run(_command(workdir, "--config.num_train_steps=4", *common), cwd=ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert "Resumed from the checkpoint at step 2" in again.stderr + again.stdout
+        assert "4" in [p.name for p in (workdir / "checkpoints").iterdir()]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
