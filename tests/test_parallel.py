@@ -156,3 +156,41 @@ def test_experiment_command_runs_as_two_processes(tmp_path):
     assert "Results page" in outs[0] and "Results page" not in outs[1]  # only process 0 logs and writes
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
     assert (tmp_path / "results" / "index.html").exists() and list((tmp_path / "samples").glob("*.png"))
+    _one_device_readers(tmp_path)  # a checkpoint of two processes, read by one
+
+
+def _one_device_readers(workdir):
+    """translate, evaluate --workdir, the results mode and resuming: each in a plain one-device process."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    src = workdir / "in"
+    src.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(src / "a.png")
+    commands = {
+        "translate": ["-m", "jaxgan.translate", "--workdir", str(workdir), "--input", str(src), "--output",
+                      str(workdir / "out")],
+        "evaluate": ["-m", "jaxgan.evaluate", "--workdir", str(workdir)],
+        "results": ["-m", "experiments.horse2zebra", f"--workdir={workdir}", "--mode=results",
+                    "--config=experiments/configs/horse2zebra.py:tiny", "--config.results_max_images=2"],
+        "resume": ["-m", "experiments.horse2zebra", f"--workdir={workdir}",
+                   "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=5",
+                   "--config.results_max_images=2"],
+    }  # fmt: skip
+    for name, args in commands.items():
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{name}: {out}"
+        assert "Sharding info not provided" not in out and "Traceback" not in out, f"{name}: {out}"
+    assert (workdir / "out" / "a.png").exists() and (workdir / "eval" / "eval_ema.json").exists()
+    assert "5" in [p.name for p in (workdir / "checkpoints").iterdir()]
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_checkpoints_of_several_devices_are_read_on_one(tmp_path, devices):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
+           "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=4",
+           f"--config.batch_size={devices}", "--config.results_max_images=2"]  # fmt: skip
+    _check(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    _one_device_readers(tmp_path)
