@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgan import checkpoint, conv_forms, cpu_memory, image_io, models, train
+from jaxgan import checkpoint, conv_forms, cpu_memory, image_io, models, tiling, train
 
 PyTree = Any
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
@@ -168,13 +168,28 @@ def _collect_inputs(path: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
-def _batches_by_size(files: list[pathlib.Path], batch_size: int) -> Iterator[tuple[list[pathlib.Path], np.ndarray]]:
+def _limit_size(image: np.ndarray, max_size: int) -> np.ndarray:
+    """Shrink (bicubic, aspect kept) so that the longer side is at most ``max_size``; 0: unchanged."""
+    h, w = image.shape[:2]
+    if not max_size or max(h, w) <= max_size:
+        return image
+    scale = max_size / max(h, w)
+    return image_io.resize(image, max(4, round(h * scale)), max(4, round(w * scale)))
+
+
+def _batches_by_size(
+    files: list[pathlib.Path], batch_size: int, max_size: int = 0, tile: int = 0
+) -> Iterator[tuple[list[pathlib.Path], np.ndarray]]:
+    """Images grouped by size into batches; an image larger than ``tile`` (when set) comes alone."""
     groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
     for f in files:
         try:
-            img = image_io.load_image(f)
+            img = _limit_size(image_io.load_image(f), max_size)
         except image_io.DataError as e:
             raise TranslateError(f"{f} is not a readable image: {e}") from e
+        if tile and max(img.shape[:2]) > tile:
+            yield [f], image_io.to_float(img[None])
+            continue
         group = groups.setdefault(img.shape, [])
         group.append((f, img))
         if len(group) == batch_size:
@@ -185,20 +200,46 @@ def _batches_by_size(files: list[pathlib.Path], batch_size: int) -> Iterator[tup
             yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
 
 
+def translate_image(
+    generator: models.ResnetGenerator, params: PyTree, image: np.ndarray, tile: int = 512, overlap: int = 64
+) -> np.ndarray:
+    """One ``float32[H, W, 3]`` image: whole when both sides fit in ``tile`` (or ``tile == 0``), else tiled.
+
+    Tiled translation (``jaxgan.tiling``) keeps memory bounded by the tile for any photo size.
+    """
+    if not tile or max(image.shape[:2]) <= tile:
+        return generate(generator, params, image[None], 1)[0]
+    return tiling.translate_tiled(
+        lambda tiles: np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(tiles)))),
+        image, tile, overlap, batch_size=2,
+    )  # fmt: skip
+
+
 def translate_files(
     generator: models.ResnetGenerator,
     params: PyTree,
     inputs: str | pathlib.Path,
     output: str | pathlib.Path,
     batch_size: int = 8,
+    tile: int = 512,
+    overlap: int = 64,
+    max_size: int = 0,
 ) -> list[pathlib.Path]:
-    """Translate a file or a folder tree into ``output`` (same relative names, ``.png``)."""
+    """Translate a file or a folder tree into ``output`` (same relative names, ``.png``).
+
+    Images with a side over ``tile`` are translated in overlapping tiles (``tile=0``: always
+    whole); ``max_size`` first shrinks images whose longer side exceeds it (0: never).
+    """
     inputs, output = pathlib.Path(inputs), pathlib.Path(output)
     files = _collect_inputs(inputs)
     root = inputs if inputs.is_dir() else inputs.parent
     written = []
-    for paths, images in _batches_by_size(files, batch_size):
-        for path, out in zip(paths, generate(generator, params, images, batch_size), strict=True):
+    for paths, images in _batches_by_size(files, batch_size, max_size, tile):
+        if tile and max(images.shape[1:3]) > tile:
+            outs = [translate_image(generator, params, images[0], tile, overlap)]
+        else:
+            outs = generate(generator, params, images, batch_size)
+        for path, out in zip(paths, outs, strict=True):
             dest = (output / path.relative_to(root)).with_suffix(".png")
             dest.parent.mkdir(parents=True, exist_ok=True)
             image_io.save_image(dest, image_io.to_uint8(out))
@@ -216,11 +257,28 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for the translated images")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--weights", default="ema", help="with --workdir: ema (the moving average, if kept) or raw")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=512,
+        help="images with a side over this are translated in overlapping tiles of this size, so "
+        "memory stays bounded (a multiple of 4; 0: always whole)",
+    )
+    parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (blended)")
+    parser.add_argument(
+        "--max_size",
+        type=int,
+        default=0,
+        help="first shrink images whose longer side exceeds this (0: never); outputs keep that size",
+    )
     args = parser.parse_args(argv)
+    if args.tile and (args.tile % 4 or args.tile <= args.overlap or args.overlap < 0):
+        parser.error("--tile must be a multiple of 4 and larger than --overlap (>= 0), or 0")
     cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
     try:
         generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
-        written = translate_files(generator, params, args.input, args.output, args.batch_size)
+        written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
+                                  args.overlap, args.max_size)  # fmt: skip
     except (TranslateError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
