@@ -61,3 +61,13 @@ def test_step_memory_records_what_the_process_runs_under():
     jax.devices()  # this pytest process already has its backends: the settings can no longer apply
     assert common.apply_step_memory("reuse") == "default"
     assert common.apply_step_memory("default") == "default"
+
+
+def test_soak_growth_is_measured_after_warm_up():
+    from benchmarks import soak
+
+    rows = [{"step": s, "rss_mib": 500.0 + (300 if s < 200 else 0.01 * s), "fds": 10, "threads": 5} for s in
+            range(100, 1100, 100)]  # fmt: skip
+    g = soak.growth(rows, warmup=0.2)
+    assert g["from_step"] == 200 and g["rss_mib_per_1000_steps"] == pytest.approx(10.0)
+    assert g["fds_end"] - g["fds_start"] == 0
