@@ -64,8 +64,8 @@ print(json.dumps({"applied": applied, "active": cpu_memory.active(), "settled": 
                   "temp_pages": temp // 4096, "chain_temp_pages": chain_temp // 4096, "faults": faults}))
 """
 
-# The paper's train step (the :demo config's CycleGAN, 64x64, batch 1) jitted as training runs it, under
-# reuse_step_memory(); prints the applied flag, XLA's planned temp size and the minor page faults of 5 steps.
+# The train step (the :demo config's smaller CycleGAN, 64x64, batch 1) jitted as training runs it, under
+# reuse_step_memory(); prints the applied flag, XLA's planned temp size and the minor page faults of 6 steps.
 _STEP = r"""
 import json, resource
 from jaxgan import cpu_memory
@@ -81,7 +81,7 @@ images = cpu_memory.settle({k: jax.random.uniform(jax.random.PRNGKey(i), (1, siz
 options = models.xla_compiler_options(bool(config.model.remat), jax.default_backend())
 step = jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options).lower(state, images).compile()
 faults = []
-for _ in range(5):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state, metrics = step(state, images)
     jax.block_until_ready((state, metrics))
@@ -137,6 +137,7 @@ def test_the_probe_keeps_temporaries_where_an_elementwise_chain_has_none():
     assert r["temp_pages"] >= 65_536, r
 
 
+@pytest.mark.slow  # ~35 s on 2 cores, most of it compiling the step
 def test_the_train_step_reuses_its_temporaries():
     r = _run(_STEP)
     assert r["applied"] is True and r["finite"] is True
@@ -144,7 +145,8 @@ def test_the_train_step_reuses_its_temporaries():
     assert r["temp_pages"] > 8192, r
     first, _, *later = r["faults"]
     assert first > 0.5 * r["temp_pages"], r
-    assert max(later) < 0.1 * r["temp_pages"], r  # from the third step on the block is in place
+    # From the third step on the block is in place (glibc's default: about temp_pages faults every step).
+    assert max(later) < 0.25 * r["temp_pages"] and min(later) < 0.02 * r["temp_pages"], r
 
 
 def test_refuses_once_backends_exist():
