@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test lint format bench device-suite device-dry-run device-prepare clean
+.PHONY: install install-test demo test test-jax011 lint format bench device-suite device-dry-run device-prepare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,21 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest -q
 
+# The second tested line (CI runs both): jax/jaxlib 0.11.2, the GPU image's JAX, which needs Python >= 3.12,
+# in its own venv. No torch extra there: PyPI has no CPU wheel of torch 2.13.0 for Python 3.12 (it would pull a
+# CUDA build of several GB), so the torch parity tests skip on this line and run on the first.
+PY312 ?= python3.12
+VENV312 ?= .venv312
+JAX011 := jax==0.11.2 jaxlib==0.11.2
+
+$(VENV312)/bin/python:
+	$(PY312) -m venv $(VENV312)
+	$(VENV312)/bin/pip install -q --upgrade pip
+
+test-jax011: $(VENV312)/bin/python
+	$(VENV312)/bin/pip install -q -e ".[test]" $(JAX011)
+	$(VENV312)/bin/python -m pytest -q
+
 format: install-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -46,4 +61,4 @@ device-prepare: install-test
 	PY=$(BIN)/python bash benchmarks/prepare_device.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) .pytest_cache .ruff_cache

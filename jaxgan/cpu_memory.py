@@ -8,6 +8,13 @@ step, which cost 0.8 s of kernel time in a process that only trains, and
 3.4-4.3 s when another memory-hungry computation runs beside it (measured on
 a 2-core machine; ``benchmarks/RESULTS.md``).
 
+Both tested JAX lines behave alike here, so the settings apply on both,
+ungated: with jaxlib 0.11.2 the step's block is about as large (642 MB at 128x128,
+2,006 MB at 256x256), glibc's defaults fault it in anew every step (164,000
+and 517,000 minor faults), and these settings bring that to a few hundred per
+step. (jaxlib 0.11 does fuse more: an elementwise chain for which 0.10 planned
+256 MB of temporaries has none there; ``tests/test_cpu_memory.py``.)
+
 :func:`reuse_step_memory` makes the block come from malloc's main heap and
 stay there:
 
