@@ -1,4 +1,4 @@
-"""Tests of jaxgan.input_pipeline and jaxgan.image_io: sources, stream semantics, transforms, bad input."""
+"""jaxgan.data (through its API, jaxgan.input_pipeline) and jaxgan.image_io: sources, stream, transforms, bad input."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from jaxgan import image_io, input_pipeline
+from jaxgan.data import sources as data_sources
 from jaxgan.input_pipeline import DataError
 
 MINI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "horse2zebra-mini")
@@ -304,7 +305,7 @@ def test_corrupt_files_are_skipped_with_one_warning(tmp_path, caplog):
     bad = _bad_files(tmp_path / "trainA")
     with pytest.raises(DataError, match="not a readable image"):
         input_pipeline.load_image(tmp_path / "trainA" / "text.jpg")
-    caplog.set_level(logging.INFO, logger="jaxgan.input_pipeline")
+    caplog.set_level(logging.INFO, logger="jaxgan.data")
     stream = input_pipeline.create_train_stream(make_config(f"folder:{root}"))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -325,7 +326,7 @@ def test_a_domain_of_only_bad_files_is_a_clear_error(tmp_path):
 
 def test_images_smaller_than_the_crop_are_resized_up_with_a_note(tmp_path, caplog):
     root = make_folder(tmp_path, size=(20, 26))
-    caplog.set_level(logging.INFO, logger="jaxgan.input_pipeline")
+    caplog.set_level(logging.INFO, logger="jaxgan.data")
     for preprocess in ("crop", "none", "resize_and_crop"):
         caplog.clear()
         stream = input_pipeline.create_train_stream(make_config(f"folder:{root}", preprocess=preprocess))
@@ -434,7 +435,7 @@ def tfds_data_dir(tmp_path_factory):
 
 
 def test_tfds_source_reads_a_prepared_data_set(tfds_data_dir, monkeypatch):
-    monkeypatch.setattr(input_pipeline, "_download_host_reachable", lambda *a, **k: pytest.fail("no network"))
+    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: pytest.fail("no network"))
     config = make_config("tfds:cycle_gan/horse2zebra", data_dir=tfds_data_dir, batch_size=2)
     stream = input_pipeline.create_train_stream(config)
     assert stream.num_images == {"A": 3, "B": 5} and stream.steps_per_epoch == 3
@@ -448,7 +449,7 @@ def test_tfds_source_reads_a_prepared_data_set(tfds_data_dir, monkeypatch):
 
 def test_tfds_offline_fails_fast_with_the_folder_advice(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(input_pipeline, "_download_host_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: False)
     start = time.perf_counter()
     with pytest.raises(DataError) as error:
         input_pipeline.create_train_stream(make_config("tfds:cycle_gan/apple2orange", data_dir=str(tmp_path)))
@@ -460,8 +461,8 @@ def test_tfds_offline_fails_fast_with_the_folder_advice(tmp_path, monkeypatch):
 
 def test_tfds_without_tensorflow_explains_how_to_prepare(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(input_pipeline, "_download_host_reachable", lambda *a, **k: True)
-    monkeypatch.setattr(input_pipeline, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: False)
     with pytest.raises(DataError, match=r"needs TensorFlow[\s\S]*folder:"):
         input_pipeline.create_train_stream(make_config("tfds:cycle_gan/maps", data_dir=str(tmp_path)))
 
