@@ -2,31 +2,8 @@
 
 The implementation lives in :mod:`jaxgan.data`, a file per concern (sources, transforms,
 loading, the stream, the test splits); this module is what the rest of jaxgan and user code
-import, as the Flax examples' ``input_pipeline``.
+import, as the Flax examples' ``input_pipeline``. It exports exactly ``jaxgan.data.__all__``.
 """
 
-from jaxgan.data import (
-    PREPROCESS_MODES,
-    SPLITS,
-    TFDS_DOWNLOAD_URL,
-    DataError,
-    TestSplit,
-    TrainStream,
-    create_train_stream,
-    load_image,
-    load_test_split,
-    to_uint8,
-)
-
-__all__ = [
-    "PREPROCESS_MODES",
-    "SPLITS",
-    "TFDS_DOWNLOAD_URL",
-    "DataError",
-    "TestSplit",
-    "TrainStream",
-    "create_train_stream",
-    "load_image",
-    "load_test_split",
-    "to_uint8",
-]
+from jaxgan.data import *  # noqa: F403
+from jaxgan.data import __all__  # noqa: F401
