@@ -130,7 +130,9 @@ def measure_cpu_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any, dict[str, Any]]:
+def build_jax_case(
+    size: int, batch: int, dtype: str, remat: bool, ema_decay: float = 0.999
+) -> tuple[Any, dict[str, Any]]:
     """Compile the train step for one case; returns (zero-argument step callable, compile facts)."""
     import jax
 
@@ -142,6 +144,7 @@ def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any,
     config.batch_size = batch
     config.model.dtype = dtype
     config.model.remat = remat
+    config.ema_decay = ema_decay
     state = train.create_train_state(config, jax.random.PRNGKey(0))
     key_a, key_b = jax.random.split(jax.random.PRNGKey(1))
     images = {
@@ -168,7 +171,7 @@ def build_jax_case(size: int, batch: int, dtype: str, remat: bool) -> tuple[Any,
 def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat: bool, cpu_peak: float | None) -> None:
     """Benchmark one case and print its JSON lines."""
     common.reset_peak_rss()
-    jax_step, facts = build_jax_case(size, batch, dtype, remat)
+    jax_step, facts = build_jax_case(size, batch, dtype, remat, args.ema_decay)
     # Memory: one step of each implementation alone, right after a reset of the high-water mark.
     jax_step()
     jax_mem = peak_memory_mb()
@@ -204,7 +207,7 @@ def run_case(args: argparse.Namespace, size: int, batch: int, dtype: str, remat:
         kernel_stats["torch"] = {"minor_faults_per_call": None, "kernel_s_per_call": None}
     for impl, ts in times.items():
         child = impl == "torch" and separate  # the child process runs with glibc's defaults
-        extra: dict[str, Any] = {"remat": remat, "loadavg_1m": load}
+        extra: dict[str, Any] = {"remat": remat, "ema_decay": args.ema_decay, "loadavg_1m": load}
         extra["malloc"] = "default" if child else common.malloc_mode()
         extra["step_memory"] = "default" if child else args.step_memory
         extra.update(kernel_stats[impl])
@@ -242,7 +245,7 @@ def _case_argv(args: argparse.Namespace, size: int, batch: int, dtype: str, rema
     argv = [sys.executable, "-m", "benchmarks.train_step", "--sizes", str(size), "--batch", str(batch)]
     argv += ["--dtype", dtype, "--remat", "on" if remat else "off", "--iters", str(args.iters)]
     argv += ["--warmup", str(args.warmup), "--cpu-peak", args.cpu_peak, "--malloc", args.malloc]
-    argv += ["--step-memory", args.step_memory]
+    argv += ["--step-memory", args.step_memory, "--ema-decay", str(args.ema_decay)]
     if args.compare_torch:
         argv.append("--compare-torch")
     if args.torch_process:
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--remat", nargs="+", default=["off"], choices=["off", "on"], help="config.model.remat")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per implementation")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="config.ema_decay (0: no EMA in the step)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation after compiling")
     parser.add_argument("--compare-torch", action="store_true", help="also time the PyTorch replica, interleaved")
     parser.add_argument(
