@@ -155,10 +155,10 @@ def test_translations_round_trip_losslessly_and_drop_what_does_not_fit(tmp_path,
 
 def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_path):
     out = tmp_path / "q"
-    deadline = time.time() + 150
+    deadline = time.time() + 90
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality_gpu", "--dry-run", "--out", str(out), "--deadline", str(deadline),
-         "--reserve-s", "40", "--startup-s", "30"],
+         "--reserve-s", "30", "--startup-s", "25"],
         cwd=ROOT, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
