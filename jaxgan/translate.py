@@ -8,6 +8,8 @@ reads a generator checkpoint written by ``python -m jaxgan.interop`` (official
 PyTorch weights). Any image size works: sizes not divisible by 4 are
 reflection-padded for the network and cropped back. Folders are searched
 recursively, images of equal size are batched, file names are kept (as PNG).
+Unreadable images in a folder are skipped with a warning that lists them (exit
+status 1); the folder's valid images are still written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import functools
 import pathlib
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -178,15 +181,26 @@ def _limit_size(image: np.ndarray, max_size: int) -> np.ndarray:
 
 
 def _batches_by_size(
-    files: list[pathlib.Path], batch_size: int, max_size: int = 0, tile: int = 0
+    files: list[pathlib.Path],
+    batch_size: int,
+    max_size: int = 0,
+    tile: int = 0,
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[list[pathlib.Path], np.ndarray]]:
-    """Images grouped by size into batches; an image larger than ``tile`` (when set) comes alone."""
+    """Images grouped by size into batches; an image larger than ``tile`` (when set) comes alone.
+
+    An unreadable image raises ``TranslateError``, unless ``skipped`` is a list: then it is
+    recorded there (``"path: reason"``) and left out.
+    """
     groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
     for f in files:
         try:
             img = _limit_size(image_io.load_image(f), max_size)
         except image_io.DataError as e:
-            raise TranslateError(f"{f} is not a readable image: {e}") from e
+            if skipped is None:
+                raise TranslateError(f"{f} is not a readable image: {e}") from e
+            skipped.append(f"{f}: {e}")
+            continue
         if tile and max(img.shape[:2]) > tile:
             yield [f], image_io.to_float(img[None])
             continue
@@ -198,6 +212,37 @@ def _batches_by_size(
     for group in groups.values():
         if group:
             yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
+
+
+def prepare_output(output: str | pathlib.Path) -> pathlib.Path:
+    """Create the output folder and check that files can be written there; ``TranslateError`` if not.
+
+    Called before the generator is loaded, so that a bad ``--output`` fails in a second, not
+    after a compile.
+    """
+    output = pathlib.Path(output)
+    if output.exists() and not output.is_dir():
+        raise TranslateError(f"--output {output} is a file; give a folder (it is created if missing).")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as e:
+        raise TranslateError(f"Cannot write into the output folder {output}: {e.strerror or e}.") from e
+    return output
+
+
+def _destinations(
+    files: list[pathlib.Path], root: pathlib.Path, output: pathlib.Path
+) -> dict[pathlib.Path, pathlib.Path]:
+    """Input -> output path (same relative name, ``.png``); two inputs that would share one output are an error."""
+    dests = {f: (output / f.relative_to(root)).with_suffix(".png") for f in files}
+    seen: dict[pathlib.Path, pathlib.Path] = {}
+    for f, d in dests.items():
+        if d in seen:
+            raise TranslateError(f"{seen[d]} and {f} would both be written to {d}; rename one of them.")
+        seen[d] = f
+    return dests
 
 
 def translate_image(
@@ -224,23 +269,29 @@ def translate_files(
     tile: int = 512,
     overlap: int = 64,
     max_size: int = 0,
+    skipped: list[str] | None = None,
 ) -> list[pathlib.Path]:
     """Translate a file or a folder tree into ``output`` (same relative names, ``.png``).
 
     Images with a side over ``tile`` are translated in overlapping tiles (``tile=0``: always
-    whole); ``max_size`` first shrinks images whose longer side exceeds it (0: never).
+    whole); ``max_size`` first shrinks images whose longer side exceeds it (0: never). In a
+    folder, unreadable images are left out and recorded in ``skipped`` when it is given (else
+    the first one raises ``TranslateError``); a single unreadable input file always raises.
     """
-    inputs, output = pathlib.Path(inputs), pathlib.Path(output)
+    inputs = pathlib.Path(inputs)
+    output = prepare_output(output)
     files = _collect_inputs(inputs)
     root = inputs if inputs.is_dir() else inputs.parent
+    dests = _destinations(files, root, output)
     written = []
-    for paths, images in _batches_by_size(files, batch_size, max_size, tile):
+    tolerant = skipped if inputs.is_dir() else None
+    for paths, images in _batches_by_size(files, batch_size, max_size, tile, tolerant):
         if tile and max(images.shape[1:3]) > tile:
             outs = [translate_image(generator, params, images[0], tile, overlap)]
         else:
             outs = generate(generator, params, images, batch_size)
         for path, out in zip(paths, outs, strict=True):
-            dest = (output / path.relative_to(root)).with_suffix(".png")
+            dest = dests[path]
             dest.parent.mkdir(parents=True, exist_ok=True)
             image_io.save_image(dest, image_io.to_uint8(out))
             written.append(dest)
@@ -248,7 +299,7 @@ def translate_files(
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status: 0 all written, 1 some unreadable images skipped, 2 error."""
     parser = argparse.ArgumentParser(prog="python -m jaxgan.translate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", help="a training run directory (uses its newest checkpoint)")
     parser.add_argument("--checkpoint", help="a generator checkpoint written by `python -m jaxgan.interop`")
@@ -275,14 +326,20 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.tile and (args.tile % 4 or args.tile <= args.overlap or args.overlap < 0):
         parser.error("--tile must be a multiple of 4 and larger than --overlap (>= 0), or 0")
     cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
+    skipped: list[str] = []
     try:
+        prepare_output(args.output)
+        _collect_inputs(pathlib.Path(args.input))  # a missing input fails before the generator loads
         generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
-                                  args.overlap, args.max_size)  # fmt: skip
+                                  args.overlap, args.max_size, skipped)  # fmt: skip
     except (TranslateError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Translated {len(written)} image(s) {args.direction} into {args.output}")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

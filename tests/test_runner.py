@@ -180,6 +180,73 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     assert bad.returncode == 2 and "notes.txt" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _read_only_folder(path):
+    """A folder this process cannot write into: a read-only tmpfs as root, else a chmod 500 folder; or None."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        return path
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)]).returncode:
+        return None
+    return path
+
+
+def test_translate_cli_bad_outputs_and_a_folder_with_bad_files(tmp_path, uninterrupted):
+    """--output a file or unwritable: a one-line error before any loading. A folder of mixed sizes with
+    broken images: the valid ones are written, the broken ones listed, exit status 1."""
+    from PIL import Image
+
+    workdir, _ = uninterrupted
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 255, (37, 53, 3), np.uint8)).save(src / "b.jpg")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "c.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (src / "truncated.png").write_bytes((src / "a.png").read_bytes()[:60])
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jaxgan.translate", "--workdir", str(workdir), *args],
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    mixed = run("--input", str(src), "--output", str(tmp_path / "out"))
+    assert mixed.returncode == 1, mixed.stderr
+    assert "Traceback" not in mixed.stderr and "skipped 2 unreadable image(s)" in mixed.stderr
+    assert "broken.jpg" in mixed.stderr and "truncated.png" in mixed.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert Image.open(tmp_path / "out" / "b.png").size == (53, 37)
+
+    (tmp_path / "file_out").write_text("I am a file")
+    to_file = run("--input", str(src), "--output", str(tmp_path / "file_out"))
+    assert to_file.returncode == 2 and "is a file" in to_file.stderr and "Traceback" not in to_file.stderr
+    assert (tmp_path / "file_out").read_text() == "I am a file"
+
+    locked = _read_only_folder(tmp_path / "ro")
+    if locked is None:
+        pytest.skip("no read-only folder can be made here (not root and cannot mount)")
+    try:
+        ro = run("--input", str(src), "--output", str(locked / "sub"))
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(locked)])
+    assert ro.returncode == 2 and "Cannot write into the output folder" in ro.stderr, ro.stderr
+    assert "Traceback" not in ro.stderr
+
+
+def test_training_cli_unknown_flag_and_missing_workdir():
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "experiments.horse2zebra", *args], cwd=ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    unknown = run("--config=experiments/configs/horse2zebra.py:tiny", "--workdir=/tmp/x", "--bogus_flag=1")
+    assert unknown.returncode != 0 and "Unknown command line flag 'bogus_flag'" in unknown.stderr
+    no_workdir = run("--config=experiments/configs/horse2zebra.py:tiny")
+    assert no_workdir.returncode != 0 and "--workdir" in no_workdir.stderr
+    for p in (unknown, no_workdir):
+        assert "Traceback" not in p.stderr
+
+
 def test_results_mode_rewrites_the_page(uninterrupted):
     workdir, _ = uninterrupted
     (workdir / "results" / "index.html").unlink()
