@@ -8,6 +8,8 @@ Runs ``loop.train_and_evaluate`` in this process (as the training command does, 
 interval, the resident set (``VmRSS``), the open file descriptors and the threads. Prints
 one JSON line per interval and a summary: the growth from the end of warm-up (the first
 ``--warmup`` fraction of the run) to the end, in MiB per 1,000 steps and in descriptors.
+``--python-heap`` also traces Python allocations (``tracemalloc``) from the end of warm-up and
+prints the lines whose memory grew most, which tells Python-object growth from native growth.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 
 
 def _rss_mib() -> float:
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--warmup", type=float, default=0.2, help="fraction of the run before growth is measured")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--python-heap", action="store_true", help="trace Python allocations after warm-up")
     args = parser.parse_args(argv)
     from jaxgan import cpu_memory
 
@@ -83,9 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         row["images_per_s"] = round(metrics["images_per_s"], 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.python_heap and not heap and step >= args.warmup * args.steps:
+            tracemalloc.start()
+            heap.append(tracemalloc.take_snapshot())
 
+    heap: list[tracemalloc.Snapshot] = []
     loop.train_and_evaluate(config, workdir, on_log=on_log)
     summary = {"summary": growth(rows, args.warmup), "steps": args.steps, "wall_s": round(time.perf_counter() - t0, 1)}
+    if heap:
+        diff = tracemalloc.take_snapshot().compare_to(heap[0], "lineno")
+        summary["python_heap_growth_kib"] = round(sum(d.size_diff for d in diff) / 1024, 1)
+        summary["python_heap_top"] = [f"{d.traceback[0]}: {d.size_diff / 1024:+.1f} KiB" for d in diff[:5]]
     print(json.dumps(summary), flush=True)
     return 0
 
