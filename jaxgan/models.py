@@ -42,6 +42,7 @@ def instance_norm(
     scale: jax.Array | None = None,
     bias: jax.Array | None = None,
     eps: float = 1e-5,
+    stats: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Instance normalisation as PyTorch's ``InstanceNorm2d`` (biased variance).
 
@@ -49,16 +50,20 @@ def instance_norm(
       x: ``[B, H, W, C]`` activations of any float dtype.
       scale, bias: optional ``[C]`` affine parameters.
       eps: added to the variance.
+      stats: optional ``(mean, var)``, each ``float32[C]``, used instead of ``x``'s own: the
+        whole image's statistics when it is translated in tiles (``jaxgan.tiling``).
 
     Returns:
       ``[B, H, W, C]`` in ``x.dtype``; statistics are per sample and channel over
       ``H, W`` and computed in float32.
     """
     xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
-    centred = xf - mean
-    var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
-    y = centred * jax.lax.rsqrt(var + eps)
+    if stats is None:
+        mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+    else:
+        mean, var = (s.astype(jnp.float32) for s in stats)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
     if scale is not None:
         y = y * scale.astype(jnp.float32)
     if bias is not None:
@@ -66,8 +71,19 @@ def instance_norm(
     return y.astype(x.dtype)
 
 
+# Flax collections of InstanceNorm for tiled inference: statistics given from outside (read when
+# present), and each input's moments (recorded when the collection is mutable).
+NORM_STATS = "norm_stats"
+NORM_MOMENTS = "norm_moments"
+
+
 class InstanceNorm(nn.Module):
-    """Instance norm; ``affine=False`` (no parameters) is the official default."""
+    """Instance norm; ``affine=False`` (no parameters) is the official default.
+
+    For tiled inference only: ``{"norm_stats": {"mean", "var"}}`` variables, when given, replace
+    the input's statistics, and applying with ``mutable=["norm_moments"]`` records the input's
+    per-sample ``(mean, mean of squares)``, each ``float32[B, C]``.
+    """
 
     affine: bool = False
     eps: float = 1e-5
@@ -79,7 +95,13 @@ class InstanceNorm(nn.Module):
             c = x.shape[-1]
             scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
             bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return instance_norm(x, scale, bias, self.eps)
+        if self.is_mutable_collection(NORM_MOMENTS):
+            xf = x.astype(jnp.float32)
+            self.sow(NORM_MOMENTS, "moments", (jnp.mean(xf, axis=(1, 2)), jnp.mean(jnp.square(xf), axis=(1, 2))))
+        stats = None
+        if self.has_variable(NORM_STATS, "mean"):
+            stats = (self.get_variable(NORM_STATS, "mean"), self.get_variable(NORM_STATS, "var"))
+        return instance_norm(x, scale, bias, self.eps, stats)
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:

@@ -8,11 +8,12 @@ that cover it, with weights that fall linearly to almost 0 across the overlap, s
 edge shows; the few pixels nearest a shared edge, where padding inside the network distorts the
 output, get no weight at all. Memory then depends on the tile, not on the photo.
 
-What tiling changes: instance norm normalises each window by its own statistics instead of
-the whole image's, so colours follow local content a little more than in a whole-image
-translation (benchmarks/RESULTS.md measures the difference where both fit). For a network
-without such global statistics the blend is exact wherever the overlap exceeds the
-receptive field (tests/test_tiling.py).
+What tiling changes: instance norm normalises by the statistics of its whole input, so each
+window would be normalised by its own, and a window of sky and one of grass would each be
+stretched to full contrast. ``jaxgan.translate`` therefore passes every window the whole image's
+statistics, estimated on a downscaled copy (``jaxgan.global_norm``); with the exact statistics the
+blend equals the whole-image translation (tests/test_tiling.py). For a network without such
+global statistics the blend is exact wherever the overlap exceeds the receptive field.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgan import checkpoint, conv_forms, cpu_memory, image_io, models, tiling, train
+from jaxgan import checkpoint, conv_forms, cpu_memory, global_norm, image_io, models, tiling, train
 
 PyTree = Any
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
@@ -49,13 +49,16 @@ def make_generator(model_cfg: dict) -> models.ResnetGenerator:
     )
 
 
-def _apply_fn(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
+def _apply_fn(
+    generator: models.ResnetGenerator, params: PyTree, images: jax.Array, norm_stats: PyTree = None
+) -> jax.Array:
     h, w = images.shape[1:3]
     ph, pw = (-h) % 4, (-w) % 4
     if ph or pw:  # reflect-pad to a multiple of 4, translate, crop back
         mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
         images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
-    out = generator.apply({"params": params}, images)
+    variables = {"params": params} if norm_stats is None else {"params": params, models.NORM_STATS: norm_stats}
+    out = generator.apply(variables, images)
     return out[:, :h, :w].astype(jnp.float32)
 
 
@@ -65,9 +68,14 @@ def _compiled_apply(backend: str) -> Callable:
     return jax.jit(_apply_fn, static_argnums=0, compiler_options=options)
 
 
-def _apply(generator: models.ResnetGenerator, params: PyTree, images: jax.Array) -> jax.Array:
-    """``generator`` on ``images: float[B, H, W, 3]`` (any H, W) -> float32, jitted with the XLA:CPU options."""
-    return _compiled_apply(jax.default_backend())(generator, params, images)
+def _apply(
+    generator: models.ResnetGenerator, params: PyTree, images: jax.Array, norm_stats: PyTree = None
+) -> jax.Array:
+    """``generator`` on ``images: float[B, H, W, 3]`` (any H, W) -> float32, jitted with the XLA:CPU options.
+
+    ``norm_stats``: optional instance-norm statistics used in place of the images' own (tiles).
+    """
+    return _compiled_apply(jax.default_backend())(generator, params, images, norm_stats)
 
 
 def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -245,19 +253,32 @@ def _destinations(
     return dests
 
 
+NORM_STATS = ("global", "tile")
+
+
 def translate_image(
-    generator: models.ResnetGenerator, params: PyTree, image: np.ndarray, tile: int = 512, overlap: int = 64
+    generator: models.ResnetGenerator,
+    params: PyTree,
+    image: np.ndarray,
+    tile: int = 512,
+    overlap: int = 64,
+    norm_stats: str = "global",
 ) -> np.ndarray:
     """One ``float32[H, W, 3]`` image: whole when both sides fit in ``tile`` (or ``tile == 0``), else tiled.
 
     Tiled translation (``jaxgan.tiling``) keeps memory bounded by the tile for any photo size.
+    ``norm_stats="global"`` normalises every tile with the whole image's instance-norm statistics,
+    estimated on a copy downscaled to ``2 * tile`` (``jaxgan.global_norm``); ``"tile"`` uses each
+    tile's own, which makes the result patchier.
     """
     if not tile or max(image.shape[:2]) <= tile:
         return generate(generator, params, image[None], 1)[0]
-    return tiling.translate_tiled(
-        lambda tiles: np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(tiles)))),
-        image, tile, overlap, batch_size=2,
-    )  # fmt: skip
+    stats = global_norm.proxy_stats(generator, params, image, 2 * tile) if norm_stats == "global" else None
+
+    def apply(tiles: np.ndarray) -> np.ndarray:
+        return np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(tiles)), stats))
+
+    return tiling.translate_tiled(apply, image, tile, overlap, batch_size=2)
 
 
 def translate_files(
@@ -270,11 +291,13 @@ def translate_files(
     overlap: int = 64,
     max_size: int = 0,
     skipped: list[str] | None = None,
+    norm_stats: str = "global",
 ) -> list[pathlib.Path]:
     """Translate a file or a folder tree into ``output`` (same relative names, ``.png``).
 
     Images with a side over ``tile`` are translated in overlapping tiles (``tile=0``: always
-    whole); ``max_size`` first shrinks images whose longer side exceeds it (0: never). In a
+    whole; ``norm_stats`` as in :func:`translate_image`); ``max_size`` first shrinks images whose
+    longer side exceeds it (0: never). In a
     folder, unreadable images are left out and recorded in ``skipped`` when it is given (else
     the first one raises ``TranslateError``); a single unreadable input file always raises.
     """
@@ -287,7 +310,7 @@ def translate_files(
     tolerant = skipped if inputs.is_dir() else None
     for paths, images in _batches_by_size(files, batch_size, max_size, tile, tolerant):
         if tile and max(images.shape[1:3]) > tile:
-            outs = [translate_image(generator, params, images[0], tile, overlap)]
+            outs = [translate_image(generator, params, images[0], tile, overlap, norm_stats)]
         else:
             outs = generate(generator, params, images, batch_size)
         for path, out in zip(paths, outs, strict=True):
@@ -317,6 +340,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (blended)")
     parser.add_argument(
+        "--norm_stats",
+        choices=NORM_STATS,
+        default="global",
+        help="tiles are normalised with the whole image's statistics (estimated at twice the tile size) "
+        "or with their own",
+    )
+    parser.add_argument(
         "--max_size",
         type=int,
         default=0,
@@ -332,7 +362,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         _collect_inputs(pathlib.Path(args.input))  # a missing input fails before the generator loads
         generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
-                                  args.overlap, args.max_size, skipped)  # fmt: skip
+                                  args.overlap, args.max_size, skipped, args.norm_stats)  # fmt: skip
     except (TranslateError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

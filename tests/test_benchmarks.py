@@ -1,5 +1,6 @@
 """The benchmark harness's own pieces: interleaved timing with page-fault counts, malloc modes, the torch child."""
 
+import json
 import mmap
 import sys
 
@@ -71,3 +72,15 @@ def test_soak_growth_is_measured_after_warm_up():
     g = soak.growth(rows, warmup=0.2)
     assert g["from_step"] == 200 and g["rss_mib_per_1000_steps"] == pytest.approx(10.0)
     assert g["fds_end"] - g["fds_start"] == 0
+
+
+def test_translate_large_runs_the_cli_tiled_both_ways_and_whole(capsys):
+    from benchmarks import translate_large
+
+    translate_large.main(["--sizes", "200x136:both", "--ngf", "4", "--tile", "96", "--norm_stats", "global", "tile"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    runs = [r for r in lines if "ok" in r]
+    assert [r["mode"] for r in runs] == ["tiled:global", "tiled:tile", "whole"]
+    assert all(r["ok"] and r["output_shape"] == [136, 200, 3] and r["peak_rss_gb"] > 0 for r in runs), runs
+    psnr = {r["mode"]: r["vs_whole_psnr_db"] for r in lines if "vs_whole_psnr_db" in r}
+    assert set(psnr) == {"tiled:global", "tiled:tile"} and all(v > 10 for v in psnr.values())

@@ -87,3 +87,34 @@ def test_generator_runs_tiled_on_large_images():
     # A random tiny network on 48-pixel tiles: instance norm per tile moves colours (20 dB here); the
     # paper generator on 512-pixel tiles of a real photo is measured in benchmarks/RESULTS.md.
     assert 10 * np.log10(4.0 / np.mean(np.square(tiled - whole))) > 15
+
+
+def _psnr(a, b):
+    return 10 * np.log10(4.0 / np.mean(np.square(a - b)))
+
+
+def test_whole_image_norm_statistics_make_tiles_match_the_whole_translation():
+    """With the whole image's instance-norm statistics every tile is normalised as in one piece: the blend
+    then matches whole-image translation; the downscaled estimate gets closer than each tile's own."""
+    from jaxgan import global_norm
+
+    gen = models.ResnetGenerator(ngf=8, n_blocks=2)
+    params = gen.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))["params"]
+    y, x = np.mgrid[0:160, 0:224] / 40.0
+    image = np.stack([np.sin(3 * x) * (y > 2), np.cos(2 * y) * (x < 3), np.tanh(x - y)], -1).astype(np.float32)
+    whole = translate.translate_image(gen, params, image, tile=0)
+    exact = global_norm.image_stats(gen, params, jnp.asarray(image[None]))
+    assert set(exact["norm_in"]) == {"mean", "var"} and exact["norm_in"]["mean"].shape == (8,)
+
+    def tiled(stats):
+        def apply(tiles):
+            return np.asarray(translate._apply(gen, params, jnp.asarray(tiles), stats))
+
+        return tiling.translate_tiled(apply, image, tile=96, overlap=48, batch_size=2)
+
+    own = translate.translate_image(gen, params, image, tile=96, overlap=48, norm_stats="tile")
+    proxy = translate.translate_image(gen, params, image, tile=96, overlap=48)  # default: "global"
+    np.testing.assert_allclose(tiled(None), own, atol=1e-5)
+    psnr_exact, psnr_own, psnr_proxy = _psnr(tiled(exact), whole), _psnr(own, whole), _psnr(proxy, whole)
+    assert psnr_exact > 45 and psnr_exact > psnr_own + 15, (psnr_exact, psnr_own)
+    assert psnr_proxy > psnr_own + 3, (psnr_proxy, psnr_own)
