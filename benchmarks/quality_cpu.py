@@ -13,8 +13,9 @@ linear policy, stepped per epoch). Everything is scored by one protocol
 (``jaxgan.run_eval``: the test transform at 64x64, FID/KID against the other domain's test
 split), next to the identity baseline and the noise floor. Writes ``OUT/quality_cpu.json``,
 ``OUT/quality_cpu.md`` and ``OUT/grid.png`` (test horses -> zebras -> horses and zebras ->
-horses -> zebras of the first jaxgan seed, EMA). Finished runs are not redone (delete their
-folder to redo one); an interrupted jaxgan run resumes.
+horses -> zebras of the first jaxgan seed, EMA). Finished runs and their evaluations are not
+redone (delete their folder to redo one); an interrupted jaxgan run resumes, an interrupted
+PyTorch run starts again.
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ def run_jaxgan(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     record["wall_s_this_process"] = round(time.perf_counter() - t, 1)
     record["steps"] = (checkpoint.load_config(workdir) or {}).get("num_train_steps")
     return record
+
+
+def _evaluated(workdir: pathlib.Path, weights: str) -> dict[str, Any] | None:
+    """A finished run's earlier evaluation (``WORKDIR/eval/eval_WEIGHTS.json``) when it scored the final step."""
+    path, done = workdir / "eval" / f"eval_{weights}.json", workdir / "results" / "summary.json"
+    if not (path.is_file() and done.is_file()):
+        return None
+    result = json.loads(path.read_text())
+    final = int(json.loads(done.read_text())["step"])
+    return result if [int(c["step"]) for c in result["checkpoints"]] == [final] else None
 
 
 def run_torch(config: Any, seed: int, out: pathlib.Path, threads: int) -> dict[str, Any]:
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         facts = run_jaxgan(make_config(args.config_variant, args.data, seed, args.steps), workdir)
         first = first or workdir
         for weights in ("raw", "ema"):
-            ev = run_eval.evaluate_run(workdir, weights)
+            ev = _evaluated(workdir, weights) or run_eval.evaluate_run(workdir, weights)
             row = {"impl": f"jaxgan {weights}", "seed": seed, **ev["checkpoints"][0], "baselines": ev["baselines"]}
             rows.append({**row, "train_wall_s": facts.get("train_wall_s")})
     for seed in args.torch_seeds:
