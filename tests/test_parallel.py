@@ -38,8 +38,13 @@ def _free_port() -> int:
 # rounding noise (a few per 10,000 elements here; 146 of 190,968 in the 2-process run). Later GAN steps
 # spread such differences to every parameter, so the comparisons are of single steps. A real error (a
 # missing cross-device sum, a wrong batch split) changes the sign of a large share of all gradients.
+# A second step from one checkpoint allows more: an element whose gradients so far were rounding noise
+# has a second moment that is rounding noise too, so its update is again about +-lr whatever its sign.
+# Measured between 1 and 4 devices: under 0.2 % on a quiet machine, 0.74 % in a loaded CI run (the share
+# depends on how XLA:CPU's reductions are split over threads); a different batch moves more than 30 %.
 LR = 2e-4
-MAX_FLIPPED = 0.002  # share of parameters allowed to differ by up to one Adam step
+MAX_FLIPPED = 0.002  # share of parameters allowed to differ by up to one Adam step, first step
+MAX_FLIPPED_SECOND_STEP = 0.02
 
 
 def _differing(a, b, keys=None) -> tuple[int, int]:
@@ -48,11 +53,11 @@ def _differing(a, b, keys=None) -> tuple[int, int]:
     return sum(int(np.sum(np.abs(a[k] - b[k]) > 1e-6)) for k in keys), sum(a[k].size for k in keys)
 
 
-def _assert_same_params(a, b, keys=None):
+def _assert_same_params(a, b, keys=None, max_flipped=MAX_FLIPPED):
     keys = keys or a.files
     differing, total = _differing(a, b, keys)
     max_abs = max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
-    assert differing <= MAX_FLIPPED * total, f"{differing} of {total} parameters differ by more than 1e-6"
+    assert differing <= max_flipped * total, f"{differing} of {total} parameters differ by more than 1e-6"
     assert max_abs <= 2.5 * LR, f"max abs difference {max_abs} is more than one opposite Adam step"
 
 
@@ -122,8 +127,8 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
         finals[name] = {k: data[k] for k in saved.files}
     # Continuing on 1, 2 or 4 devices gives the same parameters up to rounding and Adam's isolated flips.
     keys = list(saved4.files)
-    _assert_same_params(finals["r41"], finals["r42"], keys)
-    _assert_same_params(finals["r11"], finals["r14"], keys)
+    _assert_same_params(finals["r41"], finals["r42"], keys, MAX_FLIPPED_SECOND_STEP)
+    _assert_same_params(finals["r11"], finals["r14"], keys, MAX_FLIPPED_SECOND_STEP)
 
 
 def test_partition_rules_shard_matching_params_and_their_adam_moments():
