@@ -10,7 +10,7 @@ module estimates them in one cheap pass over a downscaled copy of the image (its
 
 On horse2zebra test photos enlarged to 2048x1536 and translated in 512-pixel tiles, the proxy
 statistics raised the PSNR against whole-image translation from 22 dB (each window's own) to
-31-40 dB (benchmarks/RESULTS.md, "Large photos").
+30-40 dB (benchmarks/RESULTS.md, "Large photos").
 """
 
 from __future__ import annotations
