@@ -9,6 +9,15 @@ Every field can be overridden on the command line, e.g. ``--config.batch_size=4`
 import ml_collections
 
 
+def _small_at_64(config: ml_collections.ConfigDict) -> None:
+    """The demo-sized CycleGAN (ngf = ndf = 32, 6 residual blocks) on 64x64 crops of 72x72 images."""
+    config.model.ngf = 32
+    config.model.n_blocks = 6
+    config.model.ndf = 32
+    config.load_size = 72
+    config.crop_size = 64
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -76,26 +85,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.partition_rules = ()  # (regex on parameter path, PartitionSpec) for model parallelism
 
     if variant == "demo":  # the synthetic pair at 64x64, a smaller CycleGAN: minutes on 2 CPU cores
-        config.model.ngf = 32
-        config.model.n_blocks = 6
-        config.model.ndf = 32
+        _small_at_64(config)
         config.dataset = "synthetic"
         config.synthetic_num_train = 100
         config.synthetic_num_test = 50
-        config.load_size = 72
-        config.crop_size = 64
         config.num_epochs = 8  # 100 steps per epoch: 800 constant + 800 decaying
         config.num_epochs_decay = 8
         config.log_every_steps = 100
         config.sample_every_steps = 200
         config.checkpoint_every_steps = 400
     elif variant == "cpu":  # real photos on a 2-core CPU in about 20 minutes: demo-sized nets at 64x64
-        config.model.ngf = 32
-        config.model.n_blocks = 6
-        config.model.ndf = 32
+        _small_at_64(config)
         config.dataset = "folder:../shared/datasets/horse2zebra"
-        config.load_size = 72
-        config.crop_size = 64
         config.num_epochs = 3  # 1334 steps per epoch at batch 1: 4,002 constant + 4,002 decaying
         config.num_epochs_decay = 3
         config.log_every_steps = 200
