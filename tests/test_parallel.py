@@ -168,7 +168,7 @@ def test_experiment_command_runs_as_two_processes(tmp_path):
 
 
 def _one_device_readers(workdir):
-    """translate, evaluate --workdir, the results mode and resuming: each in a plain one-device process."""
+    """translate, evaluate --workdir, export, the results mode and resuming: each in a plain one-device process."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     src = workdir / "in"
     src.mkdir()
@@ -179,6 +179,8 @@ def _one_device_readers(workdir):
         "translate": ["-m", "jaxgan.translate", "--workdir", str(workdir), "--input", str(src), "--output",
                       str(workdir / "out")],
         "evaluate": ["-m", "jaxgan.evaluate", "--workdir", str(workdir)],
+        "export": ["-m", "jaxgan.export", "--workdir", str(workdir), "--format", "onnx", "--output",
+                   str(workdir / "g.onnx")],
         "results": ["-m", "experiments.horse2zebra", f"--workdir={workdir}", "--mode=results",
                     "--config=experiments/configs/horse2zebra.py:tiny", "--config.results_max_images=2"],
         "resume": ["-m", "experiments.horse2zebra", f"--workdir={workdir}",
@@ -191,6 +193,7 @@ def _one_device_readers(workdir):
         assert proc.returncode == 0, f"{name}: {out}"
         assert "Sharding info not provided" not in out and "Traceback" not in out, f"{name}: {out}"
     assert (workdir / "out" / "a.png").exists() and (workdir / "eval" / "eval_ema.json").exists()
+    assert (workdir / "g.onnx").stat().st_size > 0
     assert "5" in [p.name for p in (workdir / "checkpoints").iterdir()]
 
 
