@@ -328,17 +328,29 @@ def save_generator_checkpoint(
     Returns:
       The absolute path written.
     """
+    return save_generators_checkpoint({direction: params}, model_cfg, output_dir)
+
+
+def save_generators_checkpoint(
+    generators: Mapping[str, PyTree], model_cfg: Mapping[str, Any], output_dir: str | os.PathLike
+) -> str:
+    """Write one or both generators of a CycleGAN (same ``model_cfg``) as one checkpoint.
+
+    As :func:`save_generator_checkpoint`, with ``generators`` = ``{"AtoB": params, "BtoA": params}``
+    (either or both): ``jaxgan.translate`` then reads either direction from ``output_dir``.
+    """
     import orbax.checkpoint as ocp
 
-    if direction not in DIRECTIONS:
-        raise InteropError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    unknown = sorted(set(generators) - set(DIRECTIONS))
+    if unknown or not generators:
+        raise InteropError(f"direction must be one of {sorted(DIRECTIONS)}, got {unknown or 'no generator'}")
     path = os.path.abspath(os.fspath(output_dir))
     if os.path.exists(path):
         if not os.path.isdir(path) or os.listdir(path):
             raise InteropError(f"output {path} already exists and is not an empty directory")
         os.rmdir(path)
     cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
-    tree = {"params": {DIRECTIONS[direction]: _to_numpy_tree(params)}}
+    tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree)
         ckptr.wait_until_finished()
