@@ -84,3 +84,13 @@ def test_translate_large_runs_the_cli_tiled_both_ways_and_whole(capsys):
     assert all(r["ok"] and r["output_shape"] == [136, 200, 3] and r["peak_rss_gb"] > 0 for r in runs), runs
     psnr = {r["mode"]: r["vs_whole_psnr_db"] for r in lines if "vs_whole_psnr_db" in r}
     assert set(psnr) == {"tiled:global", "tiled:tile"} and all(v > 10 for v in psnr.values())
+
+
+def test_export_speed_times_three_runtimes_that_agree(capsys):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import export_speed
+
+    export_speed.main(["--sizes", "32", "--ngf", "8", "--n_blocks", "1", "--rounds", "2"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["runtime"] for line in lines] == ["jaxgan", "stablehlo", "onnxruntime"]
+    assert all(line["ms_median"] > 0 and line["max_abs_diff_vs_jaxgan"] <= 1e-4 for line in lines)
