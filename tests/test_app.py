@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT
 from PIL import Image
 
 from jaxgan import app, image_io, interop, translate
@@ -253,11 +253,6 @@ def test_page_translates_uploads_exactly_as_the_translate_command(tmp_path, tiny
     rotated = _rotated_jpeg(tmp_path / "rotated.jpg", stored_h=72, stored_w=40)  # shown 72 wide, 40 high
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    screenshot_to = os.environ.get("JAXGAN_APP_SCREENSHOT")
-    horses = sorted((SHARED / "datasets" / "horse2zebra-mini" / "testA").glob("*.jpg"))
-    showcase = horses[0] if screenshot_to and horses else None  # a real photo for the README's screenshot
-    if showcase:
-        shutil.copy(showcase, examples / showcase.name)
 
     port = _free_port()
     server, log, ready = _start([sys.executable, "-m", "jaxgan.app", "--workdir", str(tiny_run), "--port", str(port),
@@ -315,16 +310,8 @@ def test_page_translates_uploads_exactly_as_the_translate_command(tmp_path, tiny
             np.testing.assert_array_equal(_pixels(served), _pixels(cli_png))
             assert served == cli_png.read_bytes()
 
-            if showcase:
-                page.set_input_files("#input input[type=file]", str(showcase))
-                page.locator("#direction label", has_text="A → B").click()
-                translate_and_fetch(f"{showcase.stem}_AtoB.png")
-                page.wait_for_selector(f'#reconstructed img[src*="{showcase.stem}_AtoB_reconstructed.png"]')
-            page.wait_for_timeout(500)  # let the images paint
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)  # README's: benchmarks/app_screenshot.py
             browser.close()
-        if screenshot_to:  # a README asset: 256 colours keep it small
-            Image.open(tmp_path / "app.png").convert("RGB").quantize(256).save(screenshot_to, optimize=True)
     finally:
         for proc in [*cli, server]:
             proc.terminate()
