@@ -25,6 +25,7 @@ This module imports no model code at import time, so :func:`load` needs only jax
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -63,11 +64,16 @@ def export_onnx(params: PyTree, path: str | os.PathLike) -> None:
     _write_atomically(pathlib.Path(path), onnx_export.generator_to_onnx(params).SerializeToString())
 
 
-def _float32_generator(model_cfg: dict) -> Any:
-    """The generator of ``model_cfg`` computed in float32 with the portable (``native``) convolutions."""
-    from jaxgan import translate
+_BACKEND = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}  # jax.export platform -> conv_forms table
 
-    return translate.make_generator({**model_cfg, "dtype": "float32", "conv_impl": "native"})
+
+def _float32_generator(model_cfg: dict, platform: str = "tpu") -> Any:
+    """The generator of ``model_cfg`` in float32 with the convolution forms that are fastest on ``platform``."""
+    from jaxgan import conv_forms, translate
+
+    forms = conv_forms.AUTO[_BACKEND.get(platform, "tpu")]["float32"]
+    impl = ",".join(f"{kind}={form}" for kind, form in forms.items())
+    return translate.make_generator({**model_cfg, "dtype": "float32", "conv_impl": impl})
 
 
 def export_stablehlo(
@@ -76,19 +82,21 @@ def export_stablehlo(
     """Serialize ``generator.apply`` with ``params`` baked in, via ``jax.export``; returns the metadata written.
 
     The artifact's input is ``float32[B, 4h, 4w, 3]`` in [-1, 1] with symbolic ``B``, ``h``,
-    ``w`` (``h, w >= 2``); its output has the same shape. ``PATH.json`` records the model
-    config, the platforms and this interface.
+    ``w`` (``h, w >= 2``); its output has the same shape. Each platform runs the convolution
+    forms measured fastest there (``jaxgan.conv_forms.AUTO``), chosen when the artifact is
+    run (``lax.platform_dependent``); the weights are stored once. ``PATH.json`` records the
+    model config, the platforms and this interface.
     """
     import jax
     import jax.numpy as jnp
     from jax import export
 
-    generator = _float32_generator(model_cfg)
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float32), params)
+    per_platform = {p: functools.partial(_float32_generator(model_cfg, p).apply, {"params": params}) for p in platforms}
     shape = export.symbolic_shape("b, 4*h, 4*w, 3", constraints=("h >= 2", "w >= 2"))
-    exported = export.export(jax.jit(lambda x: generator.apply({"params": params}, x)), platforms=tuple(platforms))(
-        jax.ShapeDtypeStruct(shape, jnp.float32)
-    )
+    exported = export.export(
+        jax.jit(lambda x: jax.lax.platform_dependent(x, **per_platform)), platforms=tuple(platforms)
+    )(jax.ShapeDtypeStruct(shape, jnp.float32))
     path = pathlib.Path(path)
     _write_atomically(path, bytes(exported.serialize()))
     meta = {
@@ -107,12 +115,17 @@ def load(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     """Load a ``stablehlo`` export; returns ``translate(images: float32[B, H, W, 3] in [-1, 1]) -> same shape``.
 
     Any ``H, W >= 8`` works: the images are reflect-padded to multiples of 4 for the
-    network and the output cropped back (as ``jaxgan.translate`` does). Uses only jax.
+    network and the output cropped back (as ``jaxgan.translate`` does). Uses only jax;
+    on CPU it compiles with jaxgan's XLA:CPU options, as ``jaxgan.translate`` does.
     """
+    import jax
     import jax.numpy as jnp
     from jax import export
 
+    from jaxgan import cpu_conv  # XLA:CPU options for these convolutions; jax only, no model code
+
     exported = export.deserialize(bytearray(pathlib.Path(path).read_bytes()))
+    call = jax.jit(exported.call, compiler_options=cpu_conv.xla_compiler_options(backend=jax.default_backend()))
 
     def translate(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.float32)
@@ -122,7 +135,7 @@ def load(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
         if min(h, w) < MIN_SIDE:
             raise ValueError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {h}x{w}")
         padded = np.pad(images, ((0, 0), (0, -h % 4), (0, -w % 4), (0, 0)), mode="reflect")
-        return np.asarray(exported.call(jnp.asarray(padded)))[:, :h, :w]
+        return np.asarray(call(jnp.asarray(padded)))[:, :h, :w]
 
     return translate
 
