@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import statistics
 import tempfile
 
@@ -29,17 +28,10 @@ def _generator(args: argparse.Namespace) -> tuple[dict, object]:
     import jax
     import jax.numpy as jnp
 
-    from jaxgan import interop, translate
+    from jaxgan import export, interop, translate
 
     if args.workdir or args.checkpoint:
-        cfg = {**interop.DEFAULT_MODEL_CONFIG}
-        _, params = translate.load_generator("AtoB", args.workdir, args.checkpoint)
-        if args.checkpoint:
-            cfg.update(json.loads((pathlib.Path(args.checkpoint) / interop.CONFIG_FILE).read_text())["model"])
-        else:
-            from jaxgan import checkpoint
-
-            cfg.update(checkpoint.load_config(pathlib.Path(args.workdir).absolute())["model"])
+        cfg, params, _ = export.load_generator("AtoB", args.workdir, args.checkpoint)
         return cfg, params
     cfg = {**interop.DEFAULT_MODEL_CONFIG, "ngf": args.ngf, "n_blocks": args.n_blocks}
     generator = translate.make_generator(cfg)

@@ -37,7 +37,7 @@ PyTree = Any
 INSTALL = "pip install 'jaxgan[app]'"
 LABELS = {"AtoB": "A → B", "BtoA": "B → A"}
 REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
-TILE, OVERLAP, NORM_STATS = 512, 64, "global"  # jaxgan.translate's defaults
+TILE, OVERLAP, NORM_STATS = translate.TILE, translate.OVERLAP, translate.NORM_STATS[0]  # as jaxgan.translate
 EXAMPLES_PER_DOMAIN = 3
 HEIGHT = 320  # of the three image panels, in CSS pixels
 

@@ -201,17 +201,19 @@ def export(fmt: str, model_cfg: dict, params: PyTree, output: str | os.PathLike)
         export_pth(params, output)
 
 
-def _load(args: argparse.Namespace) -> tuple[dict, PyTree, str]:
-    """(model config, params, a description) of the requested generator."""
+def load_generator(
+    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
+) -> tuple[dict, PyTree, str]:
+    """(model config, params, a description) of a run's newest (``weights``) or a checkpoint's generator."""
     from jaxgan import checkpoint, interop, translate
 
-    if args.workdir:
-        _, params, step, weights = translate.load_generator_from_run(args.workdir, args.direction, weights=args.weights)
-        cfg = checkpoint.load_config(pathlib.Path(args.workdir).absolute())["model"]
-        return dict(cfg), params, f"{args.workdir} step {step} ({weights} weights)"
-    _, params = translate.load_generator(args.direction, checkpoint_dir=args.checkpoint)
-    saved = json.loads((pathlib.Path(args.checkpoint) / interop.CONFIG_FILE).read_text()).get("model", {})
-    return {**interop.DEFAULT_MODEL_CONFIG, **saved}, params, str(args.checkpoint)
+    if workdir:
+        _, params, step, used = translate.load_generator_from_run(workdir, direction, weights=weights)
+        cfg = checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]
+        return dict(cfg), params, f"{workdir} step {step} ({used} weights)"
+    _, params = translate.load_generator(direction, checkpoint_dir=checkpoint_dir)
+    saved = json.loads((pathlib.Path(checkpoint_dir) / interop.CONFIG_FILE).read_text()).get("model", {})
+    return {**interop.DEFAULT_MODEL_CONFIG, **saved}, params, str(checkpoint_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxgan import interop, translate
 
     try:
-        cfg, params, what = _load(args)
+        cfg, params, what = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         export(args.format, cfg, params, args.output)
         print(f"wrote {args.output} ({args.format}): {args.direction} generator of {what}, "
               f"ngf={cfg['ngf']}, n_blocks={cfg['n_blocks']}")  # fmt: skip

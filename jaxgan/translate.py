@@ -253,16 +253,17 @@ def _destinations(
     return dests
 
 
-NORM_STATS = ("global", "tile")
+NORM_STATS = ("global", "tile")  # the first is the default
+TILE, OVERLAP = 512, 64  # default tile side and overlap, in pixels (the command line's and jaxgan.app's)
 
 
 def translate_image(
     generator: models.ResnetGenerator,
     params: PyTree,
     image: np.ndarray,
-    tile: int = 512,
-    overlap: int = 64,
-    norm_stats: str = "global",
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+    norm_stats: str = NORM_STATS[0],
 ) -> np.ndarray:
     """One ``float32[H, W, 3]`` image: whole when both sides fit in ``tile`` (or ``tile == 0``), else tiled.
 
@@ -334,15 +335,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tile",
         type=int,
-        default=512,
+        default=TILE,
         help="images with a side over this are translated in overlapping tiles of this size, so "
         "memory stays bounded (a multiple of 4; 0: always whole)",
     )
-    parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (blended)")
+    parser.add_argument("--overlap", type=int, default=OVERLAP, help="pixels shared by neighbouring tiles (blended)")
     parser.add_argument(
         "--norm_stats",
         choices=NORM_STATS,
-        default="global",
+        default=NORM_STATS[0],
         help="tiles are normalised with the whole image's statistics (estimated at twice the tile size) "
         "or with their own",
     )
