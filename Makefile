@@ -25,8 +25,13 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest in two processes (pytest-xdist), whole files per process, the long files first (tests/conftest.py):
+# compilation, single-threaded, is most of the suite's time. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
+PYTEST := python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/$(PYTEST)
 
 # The second tested line (CI runs both): jax/jaxlib 0.11.2, the GPU image's JAX, which needs Python >= 3.12,
 # in its own venv. No torch extra there: PyPI has no CPU wheel of torch 2.13.0 for Python 3.12 (it would pull a
@@ -41,7 +46,7 @@ $(VENV312)/bin/python:
 
 test-jax011: $(VENV312)/bin/python
 	$(VENV312)/bin/pip install -q -e ".[test,export,app]" $(JAX011)
-	$(VENV312)/bin/python -m pytest -q
+	$(VENV312)/bin/$(PYTEST)
 
 format: install-test
 	$(BIN)/ruff format .

@@ -92,7 +92,9 @@ DRY_RUN = Scale(
     nets=(8, 2, 8),
     batches=(1, 2),
     max_batch_cap=4,
-    step_cases=("bfloat16:2", "float32:1", "bfloat16:1", "float32:2"),
+    # float32 at one batch only: its largest-batch search, which needs two measured batches, is then skipped
+    # (as on a device short of time); bf16 runs it. One step compilation fewer each (~13 s apiece on 2 cores).
+    step_cases=("bfloat16:2", "float32:1", "bfloat16:1"),
     step_case_min_s=0.0,
     rounds=1,
     step_round_s=0.05,
