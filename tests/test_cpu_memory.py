@@ -113,7 +113,11 @@ def test_temporaries_are_reused_after_the_first_call():
     assert r["temp_pages"] > 50_000  # the probe is meaningful: >200 MB of temporaries
     first, *later, after_release = r["faults"]
     assert first > r["temp_pages"] // 2 // 512  # the first call maps its memory (4 KB or 2 MB pages)
-    assert max(later) < 0.02 * r["temp_pages"], r
+    # The later calls keep the block: a few pages each. One of them may map it all again while other processes
+    # load the machine (seen once, in a CI run with two test processes on the 2 cores: [32, 0, 65504]);
+    # without the settings every later call does (the control below), so this still fails when they are lost.
+    kept = [n < 0.02 * r["temp_pages"] for n in later]
+    assert sum(kept) >= len(kept) - 1, r
     assert after_release > 0.5 * first, r  # release_free_memory() gave it back
 
 
