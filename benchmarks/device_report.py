@@ -143,11 +143,13 @@ def markdown(results: dict[str, Any]) -> str:
         out += [_table(["cpu form vs native", "dtype", "output", "input grad", "param grads", "tolerance", "ok"], rows)]
         svc = c.get("step_vs_cpu") or {}
         if svc:
+            default = svc.get("default")  # absent on a CPU-only run, where both precisions are the same
+            tf32 = f"{default['max_rel']:.2e} at the default (TF32) precision" if default else "no TF32 on a CPU"
             out += [
                 "",
                 f"One step on {svc.get('device')} vs the host CPU ({svc.get('size')}x{svc.get('size')}): "
                 f"max relative loss difference {svc['highest']['max_rel']:.2e} at the highest precision, "
-                f"{svc['default']['max_rel']:.2e} at the default (TF32) precision; ok: {svc.get('ok')}.",
+                f"{tf32}; ok: {svc.get('ok')}.",
             ]
         bf = c.get("bf16_vs_f32_generator") or {}
         if bf:

@@ -448,7 +448,7 @@ def stage_translate(scale: Any) -> dict[str, Any]:
     for size in scale.translate_sizes:
         for dtype in ("bfloat16",):
             try:
-                run, facts = inference.build_jax(size, scale.translate_batch, dtype)
+                run, facts = inference.build_jax(size, scale.translate_batch, dtype, scale.nets[:2])
                 t = throughput(run, lambda _: None, scale.step_round_s, scale.rounds)
                 ips = round(scale.translate_batch / t["ms"] * 1e3, 1)
                 rows.append({"size": size, "batch": scale.translate_batch, "dtype": dtype, **t, "images_per_s": ips,

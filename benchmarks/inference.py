@@ -32,13 +32,16 @@ from benchmarks import common
 from benchmarks.train_step import _flops_from_cost, _memory_fields, device_info, peak_memory_mb
 
 
-def build_jax(size: int, batch: int, dtype: str) -> tuple[Any, dict[str, Any]]:
-    """Compile ``ResnetGenerator.apply`` for one case; returns (zero-argument call, compile facts)."""
+def build_jax(size: int, batch: int, dtype: str, nets: tuple[int, int] = (64, 9)) -> tuple[Any, dict[str, Any]]:
+    """Compile ``ResnetGenerator.apply`` for one case; returns (zero-argument call, compile facts).
+
+    ``nets``: the generator's (ngf, n_blocks); the paper's by default.
+    """
     import jax
 
     from jaxgan import conv_forms, models, train
 
-    gen = models.ResnetGenerator(dtype=train.DTYPES[dtype])
+    gen = models.ResnetGenerator(ngf=nets[0], n_blocks=nets[1], dtype=train.DTYPES[dtype])
     params = gen.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 64, 64, 3)))["params"]
     images = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3), minval=-1.0, maxval=1.0)
     options = conv_forms.xla_compiler_options(backend=jax.default_backend())
@@ -68,8 +71,11 @@ def build_torch(size: int, batch: int, dtype: str, threads: int) -> Any:
     return run
 
 
-def bf16_check(size: int, count: int = 4) -> dict[str, Any]:
-    """bfloat16 vs float32 translations of ``count`` synthetic images at ``size`` (same parameters)."""
+def bf16_check(size: int, count: int = 4, nets: tuple[int, int] = (64, 9)) -> dict[str, Any]:
+    """bfloat16 vs float32 translations of ``count`` synthetic images at ``size`` (same parameters).
+
+    ``nets``: the generator's (ngf, n_blocks); the paper's by default.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -77,7 +83,9 @@ def bf16_check(size: int, count: int = 4) -> dict[str, Any]:
     from jaxgan import conv_forms, models, synthetic
 
     images = jnp.asarray(synthetic.split_with_truth(0, "testA", count, size)[0], jnp.float32) / 127.5 - 1.0
-    gen32, gen16 = models.ResnetGenerator(), models.ResnetGenerator(dtype=jnp.bfloat16)
+    ngf, n_blocks = nets
+    gen32 = models.ResnetGenerator(ngf=ngf, n_blocks=n_blocks)
+    gen16 = models.ResnetGenerator(ngf=ngf, n_blocks=n_blocks, dtype=jnp.bfloat16)
     params = gen32.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
     opts = conv_forms.xla_compiler_options(backend=jax.default_backend())
     y32 = jax.jit(lambda p, x: gen32.apply({"params": p}, x), compiler_options=opts)(params, images)
