@@ -83,9 +83,8 @@ def bf16_check(size: int, count: int = 4, nets: tuple[int, int] = (64, 9)) -> di
     from jaxgan import conv_forms, models, synthetic
 
     images = jnp.asarray(synthetic.split_with_truth(0, "testA", count, size)[0], jnp.float32) / 127.5 - 1.0
-    ngf, n_blocks = nets
-    gen32 = models.ResnetGenerator(ngf=ngf, n_blocks=n_blocks)
-    gen16 = models.ResnetGenerator(ngf=ngf, n_blocks=n_blocks, dtype=jnp.bfloat16)
+    gen32 = models.ResnetGenerator(ngf=nets[0], n_blocks=nets[1])
+    gen16 = gen32.clone(dtype=jnp.bfloat16)
     params = gen32.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
     opts = conv_forms.xla_compiler_options(backend=jax.default_backend())
     y32 = jax.jit(lambda p, x: gen32.apply({"params": p}, x), compiler_options=opts)(params, images)
