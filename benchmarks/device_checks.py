@@ -189,7 +189,7 @@ def step_vs_cpu(scale: Any) -> dict[str, Any]:
         config = _small_config(scale, impl)
         options = conv_forms.xla_compiler_options(backend=device.platform)
         with jax.default_device(cpu):
-            state = train.create_train_state(config, jax.random.PRNGKey(0))
+            state = train.init_train_state(config, jax.random.PRNGKey(0))
         state = jax.device_put(state, device)
         step = jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options)
         with jax.default_matmul_precision(precision):

@@ -209,7 +209,7 @@ def _initial_state(scale: Any, dtype: str) -> Any:
 
     if dtype not in _INITIAL_STATES:
         config = step_config(scale, 1, dtype)  # the state does not depend on the batch
-        _INITIAL_STATES[dtype] = jax.jit(lambda: train.create_train_state(config, jax.random.PRNGKey(0)))()
+        _INITIAL_STATES[dtype] = train.init_train_state(config, jax.random.PRNGKey(0))
     return jax.tree_util.tree_map(jnp.copy, _INITIAL_STATES[dtype])
 
 

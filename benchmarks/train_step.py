@@ -145,7 +145,7 @@ def build_jax_case(
     config.model.dtype = dtype
     config.model.remat = remat
     config.ema_decay = ema_decay
-    state = train.create_train_state(config, jax.random.PRNGKey(0))
+    state = train.init_train_state(config, jax.random.PRNGKey(0))
     key_a, key_b = jax.random.split(jax.random.PRNGKey(1))
     images = {
         "A": jax.random.uniform(key_a, (batch, size, size, 3), minval=-1.0, maxval=1.0),

@@ -149,7 +149,7 @@ def _train_and_evaluate(
     ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
     state, start = ckpt.restore_latest(target)
     if state is None:
-        state = jax.jit(lambda: train.create_train_state(config, rng), out_shardings=shardings)()
+        state = train.init_train_state(config, rng, shardings)
         start = 0
         log.info("Starting a new run in %s", workdir)
     else:

@@ -57,7 +57,7 @@ def setup(mesh):
 def run(mesh, steps=1, state=None, start=0):
     c, stream, _, shardings = setup(mesh)
     if state is None:
-        state = jax.jit(lambda: train.create_train_state(c, jax.random.PRNGKey(0)), out_shardings=shardings)()
+        state = train.init_train_state(c, jax.random.PRNGKey(0), shardings)
     step_fn = parallel.make_train_step(shardings, mesh)
     losses = []
     for s in range(start, start + steps):

@@ -11,7 +11,12 @@ from jaxgan import checkpoint, train
 
 
 def _state(seed=0, **overrides):
-    return train.create_train_state(tiny_config(**overrides), jax.random.PRNGKey(seed))
+    return train.init_train_state(tiny_config(**overrides), jax.random.PRNGKey(seed))
+
+
+def _abstract(**overrides):
+    """The restore target of a fresh run: the state's shapes, nothing computed."""
+    return jax.eval_shape(lambda: train.create_train_state(tiny_config(**overrides), jax.random.PRNGKey(0)))
 
 
 def _equal(a, b) -> bool:
@@ -94,7 +99,7 @@ def test_checkpoint_without_ema_restores_into_a_run_with_ema(tmp_path, caplog, w
     else:
         ck.save(1, old)
     ck.wait()
-    target = jax.eval_shape(lambda: _state(ema_decay=0.999))
+    target = _abstract(ema_decay=0.999)
     with caplog.at_level(logging.INFO, logger="jaxgan"):
         restored, step = ck.restore_latest(target)
     ck.close()
@@ -108,7 +113,7 @@ def test_checkpoint_with_ema_restores_into_a_run_without(tmp_path):
     ck = checkpoint.Checkpointer(tmp_path)
     ck.save(1, new)
     ck.wait()
-    restored, _ = ck.restore_latest(jax.eval_shape(lambda: _state(ema_decay=0.0)))
+    restored, _ = ck.restore_latest(_abstract(ema_decay=0.0))
     ck.close()
     assert restored.ema == {} and _equal(restored.params, new.params)
 
