@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: interleaved timing, memory, FLOP counts, device peaks.
+"""Shared pieces of the benchmark scripts: timing, memory, FLOP counts, device peaks.
 
 Everything here is plain Python/NumPy; JAX and torch are imported by the scripts.
 """
@@ -6,6 +6,7 @@ Everything here is plain Python/NumPy; JAX and torch are imported by the scripts
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import platform
 import resource
@@ -270,3 +271,49 @@ def step_conv_flops(size: int, batch: int, ngf: int = 64, ndf: int = 64, n_block
     g_macs = 6 * gf + 6 * gf + (6 * gf - 4 * g[0])
     d_macs = 2 * (df + df) + 4 * (df + df + df - d[0])
     return 2 * batch * (g_macs + d_macs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The device suite's timing.
+
+
+def throughput(call: Callable[[], Any], block: Callable[[Any], None], target_s: float, rounds: int) -> dict:
+    """ms per call of ``call`` dispatched back to back; ``block(result)`` waits for the last one of a round.
+
+    Two warm-up calls; then ``iters`` (so that a round lasts about ``target_s``, 2..50)
+    calls per round, ``rounds`` rounds; the median round's mean.
+    """
+    for _ in range(2):
+        block(call())
+    t = time.perf_counter()
+    block(call())
+    one = time.perf_counter() - t
+    iters = max(2, min(50, round(target_s / max(one, 1e-6))))
+    means = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(iters):
+            out = call()
+        block(out)
+        means.append((time.perf_counter() - t) / iters)
+    return {"ms": round(1e3 * statistics.median(means), 3), "iters": iters, "rounds": rounds}
+
+
+def compile_all(lowered: dict[Any, Any], workers: int = 4) -> dict[Any, Any]:
+    """``{key: compiled or Exception}``: XLA compilations in parallel threads (they release the GIL)."""
+
+    def one(item: tuple[Any, Any]) -> tuple[Any, Any]:
+        key, low = item
+        try:
+            return key, low.compile()
+        except Exception as e:  # noqa: BLE001 - recorded per case
+            return key, e
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        return dict(pool.map(one, lowered.items()))
+
+
+def error_text(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters), for a report's error field."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"

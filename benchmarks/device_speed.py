@@ -1,4 +1,4 @@
-"""The device suite's speed stages: conv forms, the train step, PyTorch, the runner, translation.
+"""The device suite's speed stages: conv forms, PyTorch, the runner, translation (the train step: device_step).
 
 Each stage is a function of the suite's ``Scale`` (and earlier results) returning
 JSON-able data; ``benchmarks.device_suite`` runs them and writes the report.
@@ -8,9 +8,7 @@ a device synchronisation closing each round, the median round reported.
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
-import math
 import os
 import pathlib
 import statistics
@@ -21,51 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, device_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER_IMAGES = 200 * 1334  # the paper schedule on horse2zebra: 200 epochs of max(|A|, |B|) image pairs
-
-
-def throughput(call: Callable[[], Any], block: Callable[[Any], None], target_s: float, rounds: int) -> dict:
-    """ms per call of ``call`` dispatched back to back; ``block(result)`` waits for the last one of a round.
-
-    Two warm-up calls; then ``iters`` (so that a round lasts about ``target_s``, 2..50)
-    calls per round, ``rounds`` rounds; the median round's mean.
-    """
-    for _ in range(2):
-        block(call())
-    t = time.perf_counter()
-    block(call())
-    one = time.perf_counter() - t
-    iters = max(2, min(50, round(target_s / max(one, 1e-6))))
-    means = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(iters):
-            out = call()
-        block(out)
-        means.append((time.perf_counter() - t) / iters)
-    return {"ms": round(1e3 * statistics.median(means), 3), "iters": iters, "rounds": rounds}
-
-
-def _compile_all(lowered: dict[Any, Any], workers: int = 4) -> dict[Any, Any]:
-    """``{key: compiled or Exception}``: XLA compilations in parallel threads (they release the GIL)."""
-
-    def one(item: tuple[Any, Any]) -> tuple[Any, Any]:
-        key, low = item
-        try:
-            return key, low.compile()
-        except Exception as e:  # noqa: BLE001 - recorded per case
-            return key, e
-
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        return dict(pool.map(one, lowered.items()))
-
-
-def _error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +84,7 @@ def stage_forms(scale: Any) -> dict[str, Any]:
                 key = (spec["layer"], dtype, form)
                 lowered[key] = jax.jit(fwd_bwd).lower(x, kernel)
                 inputs[key] = (x, kernel)
-    compiled = _compile_all(lowered, scale.compile_workers)
+    compiled = common.compile_all(lowered, scale.compile_workers)
     rows = []
     for spec in layer_specs(scale.size, scale.nets):
         for dtype in scale.forms_dtypes:
@@ -136,10 +93,10 @@ def stage_forms(scale: Any) -> dict[str, Any]:
                 key = (spec["layer"], dtype, form)
                 fn = compiled[key]
                 if isinstance(fn, Exception):
-                    row[f"{form}_error"] = _error(fn)
+                    row[f"{form}_error"] = common.error_text(fn)
                     continue
                 x, kernel = inputs[key]
-                row[f"{form}_ms"] = throughput(lambda fn=fn, x=x, k=kernel: fn(x, k), jax.block_until_ready,
+                row[f"{form}_ms"] = common.throughput(lambda fn=fn, x=x, k=kernel: fn(x, k), jax.block_until_ready,
                                                scale.forms_round_s, scale.rounds)["ms"]  # fmt: skip
             rows.append(row)
     decision: dict[str, dict[str, Any]] = {}
@@ -154,176 +111,6 @@ def stage_forms(scale: Any) -> dict[str, Any]:
             best = min(known, key=known.get) if known else None
             decision.setdefault(dtype, {})[kind] = {"ms_per_net": cost, "fastest": best}
     return {"batch": b, "size": scale.size, "layers": rows, "decision": decision}
-
-
-# ---------------------------------------------------------------------------------------------
-# The train step.
-
-
-def step_config(scale: Any, batch: int, dtype: str, conv_impl: str = "auto") -> Any:
-    """The paper config (or the scale's networks) at the suite's image size."""
-    from experiments.configs import horse2zebra
-
-    config = horse2zebra.get_config()
-    config.model.ngf, config.model.n_blocks, config.model.ndf = scale.nets
-    config.model.dtype = dtype
-    config.model.conv_impl = conv_impl
-    config.crop_size = scale.size
-    config.batch_size = batch
-    return config
-
-
-def _lower_step(scale: Any, batch: int, dtype: str) -> Any:
-    import jax
-
-    from jaxgan import conv_forms, train
-
-    config = step_config(scale, batch, dtype)
-    state = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)))
-    images = {k: jax.ShapeDtypeStruct((batch, scale.size, scale.size, 3), "float32") for k in ("A", "B")}
-    options = conv_forms.xla_compiler_options(backend=jax.default_backend())
-    return jax.jit(train.train_step_fn, donate_argnums=0, compiler_options=options).lower(state, images)
-
-
-def _plan_mb(compiled: Any) -> float | None:
-    """Device memory XLA plans for one call: temporaries + arguments + outputs - aliased (donated), MiB."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if m is None:
-        return None
-    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return round(total / 2**20, 1)
-
-
-_INITIAL_STATES: dict[str, Any] = {}
-
-
-def _initial_state(scale: Any, dtype: str) -> Any:
-    """A fresh copy of the initial train state for ``dtype`` (built once per dtype; the step donates its input)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxgan import train
-
-    if dtype not in _INITIAL_STATES:
-        config = step_config(scale, 1, dtype)  # the state does not depend on the batch
-        _INITIAL_STATES[dtype] = train.init_train_state(config, jax.random.PRNGKey(0))
-    return jax.tree_util.tree_map(jnp.copy, _INITIAL_STATES[dtype])
-
-
-def _run_step(scale: Any, batch: int, dtype: str, compiled: Any) -> dict[str, Any]:
-    import jax
-    import jax.numpy as jnp
-
-    state = _initial_state(scale, dtype)
-    ka, kb = jax.random.split(jax.random.PRNGKey(1))
-    shape = (batch, scale.size, scale.size, 3)
-    images = {
-        "A": jax.random.uniform(ka, shape, jnp.float32, -1, 1),
-        "B": jax.random.uniform(kb, shape, jnp.float32, -1, 1),
-    }
-    box = [state]
-
-    def call() -> Any:
-        box[0], metrics = compiled(box[0], images)
-        return metrics
-
-    t = throughput(call, jax.block_until_ready, scale.step_round_s, scale.rounds)
-    metrics = {k: float(v) for k, v in call().items()}
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() or {}
-    box.clear()  # the state's buffers go before the next case
-    flops = common.step_conv_flops(scale.size, batch, scale.nets[0], scale.nets[2], scale.nets[1])
-    rec = {"dtype": dtype, "batch": batch, **t, "images_per_s": round(batch / t["ms"] * 1e3, 2)}
-    rec["flops_analytic"] = flops
-    rec["losses_finite"] = all(math.isfinite(v) for v in metrics.values())
-    rec["planned_mb"] = _plan_mb(compiled)
-    rec["process_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats else None
-    return rec
-
-
-def _max_batch(plans: dict[int, float], limit_mb: float, cap: int) -> int | None:
-    """The largest batch whose planned memory, extrapolated linearly from ``plans``, fits in 90% of ``limit_mb``."""
-    (b1, m1), (b2, m2) = sorted(plans.items())[-2:]
-    per_image = (m2 - m1) / (b2 - b1)
-    if per_image <= 0:
-        return None
-    fit = int((0.9 * limit_mb - (m1 - b1 * per_image)) / per_image)
-    fit = min(fit, cap)
-    if fit >= 8:
-        fit -= fit % 8
-    return fit if fit > b2 else None
-
-
-def _step_case(scale: Any, dtype: str, batch: int, **extra: Any) -> dict[str, Any]:
-    """Compile (timed) and measure one step case; an error (e.g. out of memory) becomes the row's ``error``."""
-    try:
-        t = time.perf_counter()
-        fn = _lower_step(scale, batch, dtype).compile()
-        compile_s = round(time.perf_counter() - t, 1)
-        return {**_run_step(scale, batch, dtype, fn), "compile_s": compile_s, **extra}
-    except Exception as e:  # noqa: BLE001 - one case failing must not end the rest
-        return {"dtype": dtype, "batch": batch, "error": _error(e), **extra}
-
-
-def stage_step(
-    scale: Any,
-    seconds_left: Callable[[], float],
-    progress: Callable[[dict[str, Any]], None] = lambda _: None,
-) -> dict[str, Any]:
-    """The train step for each case of the scale, in order (the largest batch: :func:`stage_step_max`).
-
-    Cases compile one after the other: on the H200, XLA's autotuners running in parallel
-    threads slowed each other down until none finished (benchmarks/RESULTS.md). A case
-    starts only while ``seconds_left()`` exceeds ``scale.step_case_min_s`` (it compiles
-    anew); ``progress(result)`` receives the result so far after every case.
-    """
-    if scale.step_cases:
-        keys = [(c.split(":")[0], int(c.split(":")[1])) for c in scale.step_cases]
-    else:
-        keys = [(dtype, b) for dtype in scale.dtypes for b in scale.batches]
-    rows: list[dict[str, Any]] = []
-
-    def result() -> dict[str, Any]:
-        return {"size": scale.size, "nets": list(scale.nets), "conv_impl": "auto", "rows": rows}
-
-    for dtype, batch in keys:
-        if seconds_left() < scale.step_case_min_s:
-            rows.append({"dtype": dtype, "batch": batch, "skipped": "time budget"})
-            continue
-        rows.append(_step_case(scale, dtype, batch))
-        progress({**result(), "partial": True})
-    return result()
-
-
-def stage_step_max(
-    scale: Any,
-    step: dict[str, Any],
-    memory_limit_mb: float | None,
-    seconds_left: Callable[[], float],
-    progress: Callable[[dict[str, Any]], None] = lambda _: None,
-) -> dict[str, Any]:
-    """The largest batch that fits, per dtype, from the planned memory of ``step``'s rows; returns ``step`` extended.
-
-    Run after the PyTorch stage: JAX keeps the device memory it grew to, and this stage grows it to the limit.
-    """
-    rows = list(step.get("rows", []))
-    for dtype in scale.dtypes:
-        plans = {r["batch"]: r["planned_mb"] for r in rows if r["dtype"] == dtype and r.get("planned_mb")}
-        fit = None
-        if memory_limit_mb and len(plans) >= 2 and scale.max_batch_cap > 0:
-            fit = _max_batch(plans, memory_limit_mb, scale.max_batch_cap)
-        for batch in (fit, max(1, (fit or 0) * 3 // 4 // 8 * 8)) if fit else ():  # a quarter smaller once if too large
-            if seconds_left() < scale.step_case_min_s:
-                rows.append({"dtype": dtype, "batch": batch, "largest_that_fits": True, "skipped": "time budget"})
-                break
-            rows.append(_step_case(scale, dtype, batch, largest_that_fits=True))
-            progress({**step, "rows": rows, "partial": True})
-            if "error" not in rows[-1]:
-                break
-    return {**step, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +187,7 @@ def stage_runner(scale: Any, data: str, step_rows: list[dict[str, Any]]) -> dict
     step_s = alone["ms"] / 1e3 if alone else scale.runner_step_guess_s
     steps = max(3 * scale.runner_log_every, int(scale.runner_seconds / step_s))
     steps -= steps % scale.runner_log_every
-    config = step_config(scale, batch, dtype)
+    config = device_step.step_config(scale, batch, dtype)
     config.dataset = data
     config.load_size = scale.size * 286 // 256
     config.num_train_steps = steps
@@ -449,10 +236,12 @@ def stage_translate(scale: Any) -> dict[str, Any]:
         for dtype in ("bfloat16",):
             try:
                 run, facts = inference.build_jax(size, scale.translate_batch, dtype, scale.nets[:2])
-                t = throughput(run, lambda _: None, scale.step_round_s, scale.rounds)
+                t = common.throughput(run, lambda _: None, scale.step_round_s, scale.rounds)
                 ips = round(scale.translate_batch / t["ms"] * 1e3, 1)
                 rows.append({"size": size, "batch": scale.translate_batch, "dtype": dtype, **t, "images_per_s": ips,
                              "compile_s": facts.get("compile_s")})  # fmt: skip
             except Exception as e:  # noqa: BLE001
-                rows.append({"size": size, "batch": scale.translate_batch, "dtype": dtype, "error": _error(e)})
+                rows.append(
+                    {"size": size, "batch": scale.translate_batch, "dtype": dtype, "error": common.error_text(e)}
+                )
     return {"rows": rows, "device": jax.devices()[0].platform, "pid": os.getpid()}

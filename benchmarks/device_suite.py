@@ -16,6 +16,8 @@ time budget loses only what comes after):
 7. ``translate``: generator throughput at 256 and 512, batch 32, bf16.
 
 Then the projected time of the paper schedule (200 epochs of horse2zebra, 266,800 image pairs).
+The stages live in ``device_checks`` (env, correctness), ``device_step`` (step) and ``device_speed``
+(torch, forms, runner, translate); ``device_report`` turns the results into the table.
 
 Usage::
 
@@ -245,16 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.stages or DEFAULT_STAGES)
     wanted -= set(args.skip)
 
-    from benchmarks import device_checks, device_speed
+    from benchmarks import device_checks, device_speed, device_step
 
     stages: dict[str, Callable[[], Any]] = {
         "env": lambda: device_checks.stage_env(scale),
-        "step": lambda: device_speed.stage_step(
+        "step": lambda: device_step.stage_step(
             scale,
             # cases only while the later stages keep their time
             lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("torch", "correctness", "translate") if k in wanted),
             lambda partial: suite.record("step", partial)),
-        "step_max": lambda: suite.record("step", device_speed.stage_step_max(
+        "step_max": lambda: suite.record("step", device_step.stage_step_max(
             scale, suite.results.get("step") or {},
             _memory_limit_mb(args.memory_limit_mb or (64.0 if args.dry_run else None)),
             lambda: suite.left() - sum(MIN_SECONDS[k] for k in ("correctness", "translate") if k in wanted),

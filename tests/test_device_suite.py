@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from benchmarks import common, device_report, device_speed, device_suite, quality_gpu
+from benchmarks import common, device_report, device_speed, device_step, device_suite, quality_gpu
 
 
 def test_layer_specs_cover_both_networks_conv_flops():
@@ -36,9 +36,9 @@ def test_layer_specs_cover_both_networks_conv_flops():
 
 def test_max_batch_extrapolates_planned_memory():
     plans = {4: 4_000.0, 16: 13_000.0}  # 750 MiB per image, 1 GiB fixed
-    assert device_speed._max_batch(plans, 100_000.0, cap=256) == 112  # (90,000 - 1,000) / 750 = 118 -> 112
-    assert device_speed._max_batch(plans, 100_000.0, cap=64) == 64
-    assert device_speed._max_batch(plans, 10_000.0, cap=256) is None  # nothing larger than 16 fits
+    assert device_step._max_batch(plans, 100_000.0, cap=256) == 112  # (90,000 - 1,000) / 750 = 118 -> 112
+    assert device_step._max_batch(plans, 100_000.0, cap=64) == 64
+    assert device_step._max_batch(plans, 10_000.0, cap=256) is None  # nothing larger than 16 fits
 
 
 def test_runner_rates_leave_out_one_off_compilations():
