@@ -57,8 +57,8 @@ def h2z_mini() -> pathlib.Path:
     return path
 
 
-# Files whose tests take minutes (2026-12-01, 2 cores, two xdist workers: the device suite's dry runs ~7 min,
-# the parallel subprocess runs ~8, the runner ~4, evaluate ~2). `make test` runs whole files on each worker
+# Files whose tests take minutes (2026-12-01, 2 cores, two xdist workers: the device suite's dry runs ~6 min,
+# the parallel subprocess runs ~6, the runner ~4, evaluate ~2). `make test` runs whole files on each worker
 # (`--dist loadfile`, in collection order); starting these first lets the short files fill in around them, so
 # that both workers end together instead of one finishing a long file alone.
 LONG_FILES = ("test_parallel.py", "test_device_suite.py", "test_runner.py", "test_run_eval.py")
