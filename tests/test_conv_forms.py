@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import conv_forms, cpu_conv, models
+from jaxgan import conv_forms, cpu_conv_phases, models
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -83,7 +83,7 @@ def test_reflect_conv_bfloat16_close_to_float32(c_in, c_out):
 @pytest.mark.parametrize("k, h, w", [(3, 12, 10), (4, 12, 10), (4, 13, 9), (3, 13, 9)])
 def test_strided_conv_matches_xla_conv(k, h, w, small_grid_path, monkeypatch):
     if not small_grid_path:  # the kernel gradient that large images take
-        monkeypatch.setattr(cpu_conv, "_PHASE_GRAD_MAX_PIXELS", 0)
+        monkeypatch.setattr(cpu_conv_phases, "_PHASE_GRAD_MAX_PIXELS", 0)
     layer = models.StridedConv(6, k, conv_impl="cpu")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 5))
     params = _random_params(layer.init(jax.random.PRNGKey(1), x)["params"], jax.random.PRNGKey(2))
@@ -153,12 +153,12 @@ def test_discriminator_matches_plain_reference_values_and_gradients():
 
 def test_phase_kernel_places_the_pytorch_taps():
     kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 5)).astype(np.float32)
-    k2 = np.asarray(cpu_conv._phase_kernel(jnp.asarray(kernel))).reshape(2, 2, 2, 2, 2, 5)
+    k2 = np.asarray(cpu_conv_phases._phase_kernel(jnp.asarray(kernel))).reshape(2, 2, 2, 2, 2, 5)
     for dy in range(2):
         for dx in range(2):
             for py in range(2):
                 for px in range(2):
-                    ty, tx = cpu_conv._TAP[py][dy], cpu_conv._TAP[px][dx]
+                    ty, tx = cpu_conv_phases._TAP[py][dy], cpu_conv_phases._TAP[px][dx]
                     want = 0.0 if ty is None or tx is None else kernel[ty, tx]
                     np.testing.assert_array_equal(k2[dy, dx, :, py, px], np.broadcast_to(want, (2, 5)))
 
@@ -196,7 +196,7 @@ def _reference_generator(p, x, n_blocks):
 @pytest.mark.parametrize("small_grid_path", [True, False])
 def test_generator_matches_plain_reference_values_and_gradients(small_grid_path, monkeypatch):
     if not small_grid_path:  # the strided and transposed convs' kernel gradients that large images take
-        monkeypatch.setattr(cpu_conv, "_PHASE_GRAD_MAX_PIXELS", 0)
+        monkeypatch.setattr(cpu_conv_phases, "_PHASE_GRAD_MAX_PIXELS", 0)
     gen = models.ResnetGenerator(ngf=8, n_blocks=2, conv_impl="cpu")
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 24, 20, 3), minval=-1, maxval=1)
     params = _random_params(gen.init(jax.random.PRNGKey(1), x)["params"], jax.random.PRNGKey(2), 0.2)
