@@ -1,4 +1,7 @@
-"""jaxgan.data (through its API, jaxgan.input_pipeline) and jaxgan.image_io: sources, stream, transforms, bad input."""
+"""jaxgan.data through its API, jaxgan.input_pipeline: sources, stream, transforms, bad input.
+
+Decoding single images: tests/test_image_io.py; the tfds source: tests/test_tfds_source.py.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +10,15 @@ import os
 import threading
 import time
 
-import ml_collections
 import numpy as np
 import pytest
+from folder_data import make_config, make_folder, pattern
 from PIL import Image
 
 from jaxgan import image_io, input_pipeline
-from jaxgan.data import sources as data_sources
 from jaxgan.input_pipeline import DataError
 
 MINI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "horse2zebra-mini")
-SPLITS = ("trainA", "trainB", "testA", "testB")
-
-
-def make_config(dataset: str, **overrides) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(
-        {
-            "dataset": dataset,
-            "data_dir": "",
-            "batch_size": 1,
-            "load_size": 36,
-            "crop_size": 32,
-            "preprocess": "resize_and_crop",
-            "flip": True,
-            "seed": 0,
-        }
-    )
-    config.update(overrides)
-    return config
-
-
-def pattern(index: int, height: int = 40, width: int = 48) -> np.ndarray:
-    """A distinct, asymmetric uint8[H, W, 3] image per index."""
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([(x * 5 + index * 37) % 256, (y * 6 + index * 11) % 256, (x * y + index * 3) % 256], -1).astype(
-        np.uint8
-    )
-
-
-def make_folder(root, counts=None, size=(40, 48)) -> str:
-    """The official layout with PNG images, ``counts`` per split."""
-    counts = counts or {"trainA": 5, "trainB": 8, "testA": 3, "testB": 2}
-    for split, count in counts.items():
-        os.makedirs(root / split, exist_ok=True)
-        for i in range(count):
-            Image.fromarray(pattern(i + 100 * SPLITS.index(split), *size)).save(root / split / f"img_{i:03d}.png")
-    return str(root)
-
 
 # ------------------------------------------------------------------------------------------- sources
 
@@ -228,65 +193,7 @@ def test_random_crop_and_flip_are_windows_of_the_resized_image(tmp_path):
         assert len({m[0] for m in found}) > 8  # many different crop positions
 
 
-def test_float_uint8_mapping_round_trips():
-    values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
-    floats = image_io.to_float(values)
-    assert floats.dtype == np.float32 and floats.min() == -1.0 and floats.max() == 1.0
-    np.testing.assert_array_equal(image_io.to_uint8(floats), values)
-    np.testing.assert_array_equal(input_pipeline.to_uint8(np.array([-3.0, 3.0])), [0, 255])
-
-
-def test_save_image_writes_floats_as_uint8(tmp_path):
-    image = pattern(4)
-    image_io.save_image(tmp_path / "x.png", image_io.to_float(image))
-    np.testing.assert_array_equal(input_pipeline.load_image(tmp_path / "x.png"), image)
-
-
 # ------------------------------------------------------------------------------------------- bad input
-
-
-def _gray(h=20, w=24):
-    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
-
-
-@pytest.mark.parametrize("mode", ["L", "1", "P", "P+transparency", "RGBA", "LA", "CMYK", "I;16", "I"])
-def test_every_image_mode_becomes_8_bit_rgb(tmp_path, mode):
-    gray = _gray()
-    rgb = np.stack([gray, 255 - gray, gray // 2], -1)
-    if mode == "L":
-        image, expected = Image.fromarray(gray), np.repeat(gray[..., None], 3, -1)
-    elif mode == "1":
-        image = Image.fromarray(gray > 100)
-        expected = np.repeat(np.where(gray > 100, 255, 0).astype(np.uint8)[..., None], 3, -1)
-    elif mode.startswith("P"):
-        image = Image.fromarray(rgb).quantize(16)
-        if mode == "P+transparency":
-            image.info["transparency"] = 0
-        expected = np.asarray(image.convert("RGB"))
-    elif mode == "RGBA":
-        image, expected = Image.fromarray(np.dstack([rgb, gray])), rgb
-    elif mode == "LA":
-        image, expected = Image.fromarray(np.dstack([gray, gray])), np.repeat(gray[..., None], 3, -1)
-    elif mode == "CMYK":
-        image = Image.fromarray(rgb).convert("CMYK")
-        expected = rgb
-    else:  # 16-bit values, 257 * v, are v on 8 bits
-        wide = gray.astype(np.uint16) * 257
-        image = Image.fromarray(wide) if mode == "I;16" else Image.fromarray(wide.astype(np.int32), mode="I")
-        expected = np.repeat(gray[..., None], 3, -1)
-    path = tmp_path / ("x.tif" if mode in ("CMYK", "I") else "x.png")
-    image.save(path)
-    with Image.open(path) as check:
-        assert check.mode.startswith(mode.split("+")[0]) or mode == "I;16"
-    loaded = input_pipeline.load_image(path)
-    assert loaded.dtype == np.uint8 and loaded.shape == (20, 24, 3)
-    np.testing.assert_allclose(loaded.astype(int), expected.astype(int), atol=2)
-
-
-def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
-    values = np.array([[0, 257 * 128, 65535]], np.uint16)
-    Image.fromarray(values).save(tmp_path / "x.png")
-    np.testing.assert_array_equal(input_pipeline.load_image(tmp_path / "x.png")[0, :, 0], [0, 128, 255])
 
 
 def _bad_files(folder):
@@ -403,111 +310,3 @@ def test_horse2zebra_mini_with_the_paper_transform():
         assert image.shape == (256, 256, 3) and (image == image[..., :1]).all()
     test = input_pipeline.load_test_split(config, "B", max_images=4)
     assert test.images.shape == (4, 256, 256, 3) and test.names[0].endswith(".jpg")
-
-
-# ---------------------------------------------------------------------------------------------- tfds
-
-
-@pytest.fixture(scope="module")
-def tfds_data_dir(tmp_path_factory):
-    """A real, tiny cycle_gan/horse2zebra prepared by a local subclass of the tfds builder (no network)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    tfds.disable_progress_bar()
-    images = tmp_path_factory.mktemp("unpacked")
-    make_folder(images, {"trainA": 3, "trainB": 4, "testA": 2, "testB": 1})
-    Image.fromarray(_gray(40, 48)).save(images / "trainB" / "img_gray.jpg")  # grayscale, as in horse2zebra
-
-    class LocalCycleGan(tfds.builder_cls("cycle_gan"), skip_registration=True):
-        name = "cycle_gan"
-
-        def _split_generators(self, dl_manager):
-            return [
-                tfds.core.SplitGenerator(name=s, gen_kwargs={"path": str(images / s), "label": s[-1]}) for s in SPLITS
-            ]
-
-        def _generate_examples(self, path, label):
-            for name in sorted(os.listdir(path)):
-                yield name, {"image": os.path.join(path, name), "label": label}
-
-    data_dir = tmp_path_factory.mktemp("tfds")
-    LocalCycleGan(config="horse2zebra", data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-    return str(data_dir)
-
-
-def test_tfds_source_reads_a_prepared_data_set(tfds_data_dir, monkeypatch):
-    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: pytest.fail("no network"))
-    config = make_config("tfds:cycle_gan/horse2zebra", data_dir=tfds_data_dir, batch_size=2)
-    stream = input_pipeline.create_train_stream(config)
-    assert stream.num_images == {"A": 3, "B": 5} and stream.steps_per_epoch == 3
-    assert stream.batch(0)["B"].shape == (2, 32, 32, 3)
-    shards = [input_pipeline.create_train_stream(config, process_index=p, process_count=2) for p in range(2)]
-    assert not set(shards[0].cached_indices["B"]) & set(shards[1].cached_indices["B"])
-    np.testing.assert_array_equal(np.concatenate([s.batch(4)["B"] for s in shards]), stream.batch(4)["B"])
-    test = input_pipeline.load_test_split(config, "A")
-    assert test.images.shape == (2, 32, 32, 3) and test.names == ["testA_00000.png", "testA_00001.png"]
-
-
-def test_tfds_offline_fails_fast_with_the_folder_advice(tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: False)
-    start = time.perf_counter()
-    with pytest.raises(DataError) as error:
-        input_pipeline.create_train_stream(make_config("tfds:cycle_gan/apple2orange", data_dir=str(tmp_path)))
-    assert time.perf_counter() - start < 20
-    message = str(error.value)
-    assert "not prepared" in message and str(tmp_path) in message
-    assert "--config.dataset=folder:/path/to/apple2orange" in message and "apple2orange.zip" in message
-
-
-def test_tfds_without_tensorflow_explains_how_to_prepare(tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: True)
-    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: False)
-    with pytest.raises(DataError, match=r"needs TensorFlow[\s\S]*folder:"):
-        input_pipeline.create_train_stream(make_config("tfds:cycle_gan/maps", data_dir=str(tmp_path)))
-
-
-@pytest.mark.parametrize(
-    "name, match",
-    [
-        ("cycle_gan/horse2zebr", r"cycle_gan/horse2zebr does not exist. Known: apple2orange"),
-        ("cycle_gan/cityscapes", "removed from the tensorflow-datasets builder"),
-        ("horse2zebra", r"Did you mean 'tfds:cycle_gan/horse2zebra'"),
-        ("mnist", "is not a cycle_gan data set"),
-    ],
-)
-def test_tfds_unknown_names_are_clear_errors(name, match):
-    pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(DataError, match=match):
-        input_pipeline.create_train_stream(make_config(f"tfds:{name}"))
-
-
-# ------------------------------------------------------------------------------------------- EXIF
-
-
-def _phone_photo(path, stored_hw=(48, 80), orientation=6) -> np.ndarray:
-    """A JPEG stored ``stored_hw`` with EXIF orientation 6 (shown rotated 90 degrees clockwise); returns the
-    upright image as a viewer shows it (``uint8[W, H, 3]``), up to JPEG's rounding."""
-    stored = np.zeros((*stored_hw, 3), np.uint8)
-    stored[: stored_hw[0] // 2, :, 0] = 255  # top half red in the stored frame: the right half once upright
-    exif = Image.Exif()
-    exif[274] = orientation
-    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
-    return np.rot90(stored, k=-1)
-
-
-def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path):
-    upright = _phone_photo(tmp_path / "phone.jpg")
-    got = image_io.decode_image(tmp_path / "phone.jpg")
-    assert got.shape == (80, 48, 3) == upright.shape  # stored 80 wide x 48 high, shown 48 wide x 80 high
-    assert np.abs(got.astype(int) - upright).mean() < 8
-    assert got[:, 30:, 0].mean() > 200 and got[:, :18, 0].mean() < 50  # red on the right once upright
-    root = tmp_path / "data"
-    make_folder(root, {"trainA": 1, "trainB": 1, "testA": 0, "testB": 1})
-    os.makedirs(root / "testA", exist_ok=True)
-    for split in ("trainA", "testA"):
-        _phone_photo(root / split / "phone.jpg")
-    config = make_config(f"folder:{root}", preprocess="none", flip=False, crop_size=32)
-    test = input_pipeline.load_test_split(config, "A")
-    red = image_io.to_uint8(test.images[0])[..., 0]
-    assert red[:, 20:].mean() > 200 and red[:, :12].mean() < 50  # the test transform sees it upright too
