@@ -1,20 +1,19 @@
 """Data parallelism on fake CPU devices and on two processes joined by jax.distributed (in subprocesses)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cpu_devices_env
 
 WORKER = str(ROOT / "tests" / "parallel_worker.py")
 
 
 def _run(args, devices, timeout=600):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = cpu_devices_env(devices)
     return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
@@ -153,7 +152,7 @@ def test_partition_rules_shard_matching_params_and_their_adam_moments():
 def test_experiment_command_runs_as_two_processes(tmp_path):
     # The user-facing command, two processes x 2 CPU devices: training, cooperative checkpoint, process-0 outputs.
     port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = cpu_devices_env(2)
     cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
            "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=4", "--config.batch_size=4",
            "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]  # fmt: skip
@@ -174,7 +173,7 @@ READERS = ("translate", "evaluate", "export", "results", "resume")
 
 def _one_device_readers(workdir, readers=READERS):
     """Each of ``readers`` (by default all of them) in a plain one-device process, reading ``workdir``."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cpu_devices_env(1)
     src = workdir / "in"
     src.mkdir()
     from PIL import Image
@@ -209,7 +208,7 @@ def test_checkpoints_of_several_devices_are_read_on_one(tmp_path):
     # One process with four devices (two processes: the test above; 4 -> 2 and 4 -> 1 for the train state:
     # test_checkpoint_moves_between_device_counts).
     devices = 4
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = cpu_devices_env(devices)
     cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
            "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=4",
            f"--config.batch_size={devices}", "--config.results_max_images=2"]  # fmt: skip
