@@ -33,7 +33,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before anything imports jax
 # Every test compares programs compiled at the same level (values at level 0 differ from level 3's in the last
 # bits; tests/test_train.py compares init_train_state with XLA's default explicitly). JAXGAN_TEST_XLA_OPT=default
 # runs the suite at XLA's default instead.
-_level = os.environ.get("JAXGAN_TEST_XLA_OPT", "0")  # "default", or a level 0-3
+_level = os.environ.get("JAXGAN_TEST_XLA_OPT", "0")
+if _level not in ("default", "0", "1", "2", "3"):
+    raise pytest.UsageError(f"JAXGAN_TEST_XLA_OPT={_level!r}: use 'default' or an XLA:CPU optimisation level 0-3")
 if _level != "default":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level={_level}".strip()
 XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
