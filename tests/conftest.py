@@ -27,9 +27,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before anything imports jax
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 # XLA:CPU compiles the tests' programs at LLVM optimisation level 0 (XLA's default is 3), set through the
-# environment so that the subprocesses compile at it too: the tiny train step compiles in ~9 s instead of ~14
-# and the suite ~3.5 minutes less (2 cores, 2026-12-02: 19:17 at level 3, 17:55 at 1, 15:53 at 0), while its
-# tiny programs run at most ~2x slower.
+# environment so that the subprocesses compile at it too: the tiny train step compiles in 8.9 s instead of 14.4
+# and steps in 24 ms instead of 13-16; the suite took 15:53 instead of 19:17 (level 1: 17:55) in the work tree
+# (2 cores, 2026-12-02, one run each; in CI's clean clone the difference is within the run-to-run spread).
 # Every test compares programs compiled at the same level (values at level 0 differ from level 3's in the last
 # bits; tests/test_train.py compares init_train_state with XLA's default explicitly). JAXGAN_TEST_XLA_OPT=default
 # runs the suite at XLA's default instead.
