@@ -25,7 +25,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# pytest in two processes (pytest-xdist), whole files per process, the long files first (tests/conftest.py):
+# pytest in two processes (pytest-xdist), whole files per process, the longest first (tests/conftest.py):
 # compilation, single-threaded, is most of the suite's time. PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
 PYTEST := python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
