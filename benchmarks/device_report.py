@@ -86,19 +86,29 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     small = [r for r in steps if r["batch"] <= 8]
     if small:
         best = max(small, key=lambda r: r["images_per_s"])
-        factor = min(1.0, runner.get("end_to_end_over_step", 1.0))
-        seconds = PAPER_IMAGES / (best["images_per_s"] * factor)
-        summary["paper_schedule"] = {
-            "batch": best["batch"],
-            "dtype": best["dtype"],
-            "step_images_per_s": best["images_per_s"],
-            "end_to_end_factor": factor,
-            "minutes": round(seconds / 60, 1),
-        }
+        summary["paper_schedule"] = paper_schedule(best, runner.get("end_to_end_over_step"))
     correctness = results.get("correctness") or {}
     if "ok" in correctness:
         summary["correctness_ok"] = correctness["ok"]
     return summary
+
+
+def paper_schedule(step_row: dict[str, Any], end_to_end_over_step: float | None) -> dict[str, Any]:
+    """The paper schedule's projected minutes from a step row (batch <= 8).
+
+    ``step_alone_minutes`` counts the step alone; ``minutes`` also the measured end-to-end factor (the runner's
+    images/s over the step's), and stays None where no runner measured one: the suite never assumes it.
+    """
+    step_minutes = PAPER_IMAGES / step_row["images_per_s"] / 60
+    factor = None if end_to_end_over_step is None else min(1.0, float(end_to_end_over_step))
+    return {
+        "batch": step_row["batch"],
+        "dtype": step_row["dtype"],
+        "step_images_per_s": step_row["images_per_s"],
+        "step_alone_minutes": round(step_minutes, 1),
+        "end_to_end_factor": factor,
+        "minutes": None if factor is None else round(step_minutes / factor, 1),
+    }
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:

@@ -22,7 +22,6 @@ from typing import Any
 from benchmarks import common, device_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAPER_IMAGES = 200 * 1334  # the paper schedule on horse2zebra: 200 epochs of max(|A|, |B|) image pairs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for device_suite.json and device_suite.md")
     parser.add_argument("--dry-run", action="store_true", help="every stage at tiny sizes on the CPU")
-    parser.add_argument("--budget-s", type=float, default=None, help="time budget (default 330 s; dry run: none)")
+    parser.add_argument("--budget-s", type=float, default=None, help="time budget (default 360 s; dry run: none)")
     parser.add_argument("--data", default=None, help="training data for the runner stage (folder:PATH or synthetic)")
     parser.add_argument(
         "--memory-limit-mb", type=float, default=None,

@@ -83,10 +83,15 @@ def _suite_rate(path: str | None, batch: int, dtype: str) -> float | None:
 
 
 def end_to_end(intervals: list[tuple[int, float, float]], batch: int, suite_json: str | None, dtype: str) -> dict:
-    """The run's steady images/s (``device_speed.runner_rates``) against the suite's step alone at this batch."""
-    from benchmarks import device_speed
+    """The run's steady images/s (``device_speed.runner_rates``) against the suite's step alone at this batch.
+
+    ``paper_schedule_minutes``: the paper schedule (200 epochs of horse2zebra) at this run's own end-to-end rate.
+    """
+    from benchmarks import device_report, device_speed
 
     rates: dict[str, Any] = dict(device_speed.runner_rates(intervals, batch, sample_every=0))
+    if rates.get("images_per_s"):
+        rates["paper_schedule_minutes"] = round(device_report.PAPER_IMAGES / rates["images_per_s"] / 60, 1)
     if suite_json and os.path.isfile(suite_json) and "images_per_s" in rates:
         rows = (json.loads(pathlib.Path(suite_json).read_text()).get("step") or {}).get("rows", [])
         alone = next((r for r in rows if r.get("batch") == batch and r.get("dtype") == dtype and "ms" in r), None)

@@ -90,7 +90,12 @@ def test_report_numbers():
     s = device_report.summarize(results)
     assert s["batch1_f32_over_official"] == 2.5 and s["min_over_strongest"] == 2.0
     assert s["paper_schedule"]["batch"] == 8
-    assert s["paper_schedule"]["minutes"] == pytest.approx(266_800 / (200 * 0.9) / 60, rel=1e-3)
+    assert s["paper_schedule"]["minutes"] == pytest.approx(266_800 / (200 * 0.9) / 60, abs=0.05)
+    assert s["paper_schedule"]["step_alone_minutes"] == pytest.approx(266_800 / 200 / 60, abs=0.05)
+    # Without a runner stage the end-to-end factor is unknown, not assumed to be 1.
+    alone = device_report.summarize({**results, "runner": {}})["paper_schedule"]
+    assert alone["end_to_end_factor"] is None and alone["minutes"] is None
+    assert alone["step_alone_minutes"] == s["paper_schedule"]["step_alone_minutes"]
     text = device_report.markdown({**results, "meta": {"date": "today"}, "stages": {"step": {"status": "ok"}}})
     assert "| bfloat16 | 8 | 40.0 |" in text and "out of memory" in text
 
@@ -121,6 +126,20 @@ def test_device_suite_dry_run_runs_every_stage(tmp_path):
     assert results["summary"]["paper_schedule"]["minutes"] > 0
     md = (out / "device_suite.md").read_text()
     assert "## Train step" in md and "## Runner end to end" in md and "## Correctness" in md
+
+
+def test_quality_run_end_to_end_against_the_step_alone(tmp_path):
+    # Logs every 10 steps of batch 8: the first interval holds the compilation, then 0.5 s per 10 steps.
+    logs = [(10, 0.0, 30.0), (20, 0.0, 30.5), (30, 0.0, 31.0), (40, 0.0, 31.5)]
+    suite = tmp_path / "device_suite.json"
+    suite.write_text(
+        json.dumps({"step": {"rows": [{"dtype": "bfloat16", "batch": 8, "ms": 40.0, "images_per_s": 200.0}]}})
+    )
+    rates = quality_gpu.end_to_end(logs, 8, str(suite), "bfloat16")
+    assert rates["images_per_s"] == pytest.approx(160.0)
+    assert rates["end_to_end_over_step"] == pytest.approx(0.8)
+    assert rates["paper_schedule_minutes"] == pytest.approx(266_800 / 160 / 60, abs=0.05)
+    assert "end_to_end_over_step" not in quality_gpu.end_to_end(logs, 8, None, "bfloat16")
 
 
 def test_plan_schedule_fits_the_time_and_halves_the_epochs():
