@@ -71,6 +71,72 @@ def test_one_step_changes_all_params_and_opt_states():
     assert float(metrics["loss_g_total"]) == pytest.approx(total, rel=1e-5)
 
 
+def test_loss_terms_carry_their_weights():
+    # Every generator term recomputed here from the networks alone, with weights that are not the defaults
+    # (cycle 3, identity 0.25 -> 0.75), so a lost or swapped factor shows.
+    s0 = _state(lambda_cycle=3.0, lambda_identity=0.25)
+    batch = _batch(n=2)
+    cfg, p = s0.config, _copy(s0.params)
+    g_ab = lambda x: cfg.generator.apply({"params": p["g_ab"]}, x)  # noqa: E731
+    g_ba = lambda x: cfg.generator.apply({"params": p["g_ba"]}, x)  # noqa: E731
+    d_a = lambda x: cfg.discriminator.apply({"params": p["d_a"]}, x)  # noqa: E731
+    d_b = lambda x: cfg.discriminator.apply({"params": p["d_b"]}, x)  # noqa: E731
+    a, b = np.asarray(batch["A"]), np.asarray(batch["B"])
+    fake_b, fake_a = np.asarray(g_ab(a)), np.asarray(g_ba(b))
+    want = {
+        "loss_gan_ab": np.mean((np.asarray(d_b(fake_b)) - 1) ** 2),
+        "loss_gan_ba": np.mean((np.asarray(d_a(fake_a)) - 1) ** 2),
+        "loss_cycle_a": 3.0 * np.mean(np.abs(np.asarray(g_ba(fake_b)) - a)),
+        "loss_cycle_b": 3.0 * np.mean(np.abs(np.asarray(g_ab(fake_a)) - b)),
+        "loss_idt_ab": 0.75 * np.mean(np.abs(np.asarray(g_ab(b)) - b)),
+        "loss_idt_ba": 0.75 * np.mean(np.abs(np.asarray(g_ba(a)) - a)),
+        # The pools are empty at step 0, so each D sees this step's fakes.
+        "loss_d_a": 0.5 * (np.mean((np.asarray(d_a(a)) - 1) ** 2) + np.mean(np.asarray(d_a(fake_a)) ** 2)),
+        "loss_d_b": 0.5 * (np.mean((np.asarray(d_b(b)) - 1) ** 2) + np.mean(np.asarray(d_b(fake_b)) ** 2)),
+    }
+    want["loss_g_total"] = sum(v for k, v in want.items() if not k.startswith("loss_d"))
+    _, metrics = train.train_step(s0, batch)
+    for k, v in want.items():
+        assert float(metrics[k]) == pytest.approx(float(v), rel=2e-5), k
+
+
+def test_one_step_matches_the_official_iteration_in_pytorch():
+    # The PyTorch replica of the official optimize_parameters() (benchmarks/torch_reference.py: its own loss
+    # code, weights 10 and 5 written out, one Adam for both G and one for both D) from the same weights on the
+    # same images: the generator loss and, through Adam's first moment after one step (mu = 0.5 * grad), the
+    # gradient of every parameter of the four networks.
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference, torch_replica
+    from jaxgan import interop
+
+    torch.set_num_threads(2)
+    ref = torch_reference.CycleGANIteration("float32", seed=0, nets=(8, 2, 8))
+    pairs = {"g_ab": ref.g_a, "g_ba": ref.g_b, "d_a": ref.d_b, "d_b": ref.d_a}  # official D_A judges domain B
+    to_flax = {k: interop.torch_generator_to_flax if k.startswith("g") else interop.torch_discriminator_to_flax
+               for k in pairs}  # fmt: skip
+    for seed, net in enumerate(pairs.values()):  # four distinct nets, so a swapped pair shows
+        torch_replica.randomize_(net, seed=seed, std=0.05, bias_std=0.1)
+    s0 = _state(freeze_inert_biases=False)
+    params = {k: jax.tree_util.tree_map(jnp.asarray, to_flax[k](torch_replica.state_dict_numpy(net)))
+              for k, net in pairs.items()}  # fmt: skip
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(s0.params)
+    s0 = s0.replace(params=params)
+    batch = _batch(seed=5, n=2)
+    nchw = {d: torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))) for d, x in batch.items()}
+    want_loss = ref.step(nchw["A"], nchw["B"])
+    s1, metrics = train.train_step(s0, batch)
+    assert float(metrics["loss_g_total"]) == pytest.approx(want_loss, rel=1e-5)
+    for k, net in pairs.items():
+        opt = ref.opt_g if k.startswith("g") else ref.opt_d
+        want = to_flax[k]({n: opt.state[p]["exp_avg"].numpy() for n, p in net.named_parameters()})
+        got = s1.opt_state[k][0].mu
+        scale = max(float(np.abs(x).max()) for x in jax.tree_util.tree_leaves(want))
+        errs = jax.tree_util.tree_map(lambda g, w: float(np.abs(np.asarray(g) - w).max()), got, want)
+        worst = max(jax.tree_util.tree_leaves(errs))
+        print(f"{k}: largest gradient difference {worst / scale:.1e} of the largest gradient")
+        assert worst <= 1e-4 * scale, (k, scale, errs)
+
+
 def test_inert_biases_stay_frozen_and_can_be_trained():
     s1, _ = train.train_step(_state(), _batch())
     assert not np.any(np.asarray(s1.params["g_ab"]["res_0"]["conv_0"]["bias"]))
