@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before anything imports jax
@@ -66,6 +67,19 @@ def tiny_config(**overrides):
             target = target[p]
         target[leaf] = value
     return config
+
+
+def cosine_and_ratio(xs: list, ys: list) -> tuple[float, float]:
+    """(cosine, norm ratio |x| / |y|) of two gradients given as lists of arrays, in float64.
+
+    How tests compare gradients of two correct float32 programs: not elementwise, because a ReLU input
+    within rounding of 0 may take either sign in each, and its gradient then differs by its full value and
+    spreads to every earlier layer (tests/test_parallel.py measured one such flip: 1.8 % of the largest
+    element, cosine 0.99995). A wrong loss weight, a lost term or a scaled sum moves the cosine or the ratio.
+    """
+    x, y = (np.concatenate([np.asarray(a, np.float64).ravel() for a in v]) for v in (xs, ys))
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    return float(x @ y / (nx * ny)), float(nx / ny)
 
 
 @pytest.fixture

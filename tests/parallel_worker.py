@@ -45,6 +45,11 @@ def flat(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(x.addressable_data(0)) for p, x in leaves}
 
 
+def first_moments(state) -> dict[str, np.ndarray]:
+    """Adam's first moment of every parameter: after one step it is exactly 0.5 * the step's gradient."""
+    return flat({k: opt[0].mu for k, opt in state.opt_state.items()})
+
+
 def setup(mesh):
     """(config with steps_per_epoch from the data, stream, abstract state, state shardings)."""
     c = config()
@@ -71,11 +76,14 @@ def main() -> None:
     if MODE == "equivalence":
         s4, l4, _, _ = run(parallel.make_mesh())
         np.savez(out + ".npz", **flat(s4.params))
+        np.savez(out + ".mu.npz", **first_moments(s4))
         s1, l1, _, _ = run(parallel.make_mesh(devices=jax.devices()[:1]))
         np.savez(out + ".one.npz", **flat(s1.params))
+        np.savez(out + ".one.mu.npz", **first_moments(s1))
         # Negative control: one device on another global batch, as a wrong split or a missing sum would be.
         other, _, _, _ = run(parallel.make_mesh(devices=jax.devices()[:1]), start=1)
         np.savez(out + ".other_batch.npz", **flat(other.params))
+        np.savez(out + ".other_batch.mu.npz", **first_moments(other))
         a = flat({"pool_a": s4.pool_a, "pool_b": s4.pool_b})
         b = flat({"pool_a": s1.pool_a, "pool_b": s1.pool_b})
         result = {
@@ -92,6 +100,7 @@ def main() -> None:
         rows = {k: v.tolist() for k, v in stream.image_indices(0).items()}
         if jax.process_index() == 0:
             np.savez(out, **flat(state.params))
+            np.savez(out + ".mu.npz", **first_moments(state))
         pathlib.Path(f"{out}.{jax.process_index()}.json").write_text(
             json.dumps(
                 {

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cpu_devices_env
+from conftest import ROOT, cosine_and_ratio, cpu_devices_env
 
 WORKER = str(ROOT / "tests" / "parallel_worker.py")
 
@@ -60,6 +60,27 @@ def _assert_same_params(a, b, keys=None, max_flipped=MAX_FLIPPED):
     assert max_abs <= 2.5 * LR, f"max abs difference {max_abs} is more than one opposite Adam step"
 
 
+def _gradient_agreement(a, b) -> dict[str, tuple[float, float]]:
+    """Per network, (cosine, norm ratio) of two runs' gradients, read from Adam's first moments after one step.
+
+    Unlike the parameters after Adam's sign-like first step, this compares magnitudes too: a gradient scaled
+    by the device count, or summed over too few rows, shows (conftest.cosine_and_ratio: why not elementwise).
+    """
+    out = {}
+    for net in ("g_ab", "g_ba", "d_a", "d_b"):
+        keys = [k for k in a.files if k.startswith(f"['{net}']")]
+        assert keys, net
+        out[net] = cosine_and_ratio([a[k] for k in keys], [b[k] for k in keys])
+    return out
+
+
+def _assert_same_gradients(a, b, what: str) -> None:
+    agreement = _gradient_agreement(a, b)
+    print(f"gradients, {what}: (cosine, norm ratio) {agreement}")
+    for net, (cosine, ratio) in agreement.items():
+        assert cosine >= 0.999 and abs(ratio - 1) <= 0.01, (net, cosine, ratio)
+
+
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     """One 4-device process: 1-vs-4 equivalence (and the 4-device reference parameters)."""
@@ -75,13 +96,17 @@ def test_four_devices_equal_one_device(four_devices):
     # The criterion catches real errors: another batch changes most parameters' update.
     differing, total = _differing(reference, np.load(f"{eq}.other_batch.npz"))
     assert differing > 0.3 * total
+    mu4 = np.load(f"{eq}.mu.npz")
+    _assert_same_gradients(mu4, np.load(f"{eq}.one.mu.npz"), "4 devices against 1")
+    other = _gradient_agreement(mu4, np.load(f"{eq}.other_batch.mu.npz"))  # another batch: far apart
+    assert all(cosine < 0.9 for cosine, _ in other.values()), other
     np.testing.assert_allclose(result["losses4"], result["losses1"], rtol=1e-6)
     # One global pool, visited in global-batch order: same contents on any device count.
     assert result["pool_counts_equal"] and result["pool_max_abs_diff"] < 1e-5
 
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, four_devices):
-    _, reference, _ = four_devices
+    _, reference, eq = four_devices
     port, out = _free_port(), tmp_path / "mp.npz"
     procs = [_run(["multiprocess", out, port, 2, i], devices=2) for i in range(2)]
     for p in procs:
@@ -94,6 +119,7 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, four_device
         assert len(info[0]["rows_step0"][d]) == 2 and len(info[1]["rows_step0"][d]) == 2
     assert not set(info[0]["rows_step0"]["A"]) & set(info[1]["rows_step0"]["A"])
     _assert_same_params(np.load(out), reference)
+    _assert_same_gradients(np.load(f"{eq}.mu.npz"), np.load(f"{out}.mu.npz"), "2 processes against 4 devices")
 
 
 def test_checkpoint_moves_between_device_counts(tmp_path):
