@@ -3,7 +3,7 @@ r"""Train CycleGAN (paper settings by default) — the command users run.
     python -m experiments.horse2zebra --workdir=runs/h2z
     python -m experiments.horse2zebra --workdir=runs/demo --config=experiments/configs/horse2zebra.py:demo
     python -m experiments.horse2zebra --workdir=runs/h2z --config.batch_size=4 --config.dataset=folder:/data/h2z
-    python -m experiments.horse2zebra --workdir=runs/h2z --mode=results   # rewrite the results page
+    python -m experiments.horse2zebra --workdir=runs/h2z --mode=results   # rewrite the results page (the run's config)
 
 Rerunning the same command resumes from the newest checkpoint in --workdir.
 Multi-host: pass --coordinator_address/--num_processes/--process_id, or run
@@ -55,8 +55,9 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("jaxgan").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
-        if FLAGS.mode == "results":
-            results.results_only(_CONFIG.value, FLAGS.workdir)
+        if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply
+            overrides = config_flags.get_override_values(FLAGS["config"])
+            results.results_only(results.config_of_run(FLAGS.workdir, _CONFIG.value, overrides), FLAGS.workdir)
         else:
             loop.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     except (

@@ -21,6 +21,7 @@ import json
 import logging
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -79,6 +80,12 @@ def load_config(workdir: str | pathlib.Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+def has_checkpoints(workdir: str | pathlib.Path) -> bool:
+    """Whether ``WORKDIR/checkpoints`` holds a step folder (a run's ``config.json`` alone binds nothing)."""
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 def check_compatible(saved: dict, config: ml_collections.ConfigDict | dict) -> None:
@@ -208,20 +215,44 @@ class Checkpointer:
         is tried; if none can be read, :class:`CheckpointError` is raised.
         """
         steps = self.all_steps()
-        failures = []
+        failures, unreadable = [], []
         for step in reversed(steps):
             try:
-                return self.restore(step, target), step
+                restored = self.restore(step, target)
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
                 failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                unreadable.append(step)
                 log.warning("Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
                             step, self.directory, failures[-1])  # fmt: skip
+                continue
+            if unreadable:
+                self._set_aside(unreadable)
+            return restored, step
         if failures:
             raise CheckpointError(
                 f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures)
                 + "\nMove the directory away to start afresh."
             )  # fmt: skip
         return None, None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unreadable checkpoints newer than the one restored to ``WORKDIR/checkpoints_unreadable/``.
+
+        Left in place, they would block the new saves of the same steps and count against
+        ``keep`` as the newest, so that Orbax would delete the good checkpoints written after the resume.
+        """
+        aside = self.directory.parent / "checkpoints_unreadable"
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            for step in steps:
+                dest = aside / f"{step}.{int(time.time())}"
+                (self.directory / str(step)).rename(dest)
+                log.warning("Moved the unreadable checkpoint of step %d to %s; training repeats its steps.", step, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxgan_checkpoints_set_aside")
+        self.manager.reload()
 
     def close(self) -> None:
         """Finish pending saves and release the manager (a save that failed was reported by :meth:`wait`)."""

@@ -169,6 +169,12 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     for field, size in (("crop_size", _get(config, "crop_size")),):
         if size[0] and _is_int(size[1]) and size[1] % 4:
             out.append(f"{field}={size[1]!r}: must be a multiple of 4 (the generator halves it twice)")
+    crop, layers = _get(config, "crop_size")[1], _get(config, "model.n_layers_d")[1]
+    if _is_int(crop) and _is_int(layers) and 0 < layers < 16 and crop < 3 * 2**layers:
+        out.append(
+            f"crop_size={crop!r}: must be at least {3 * 2**layers} for the PatchGAN's {layers} stride-2 layers "
+            f"(model.n_layers_d={layers}: each halves the size, then two 4x4 convolutions need 3 pixels)"
+        )
     epochs, decay = _get(config, "num_epochs")[1], _get(config, "num_epochs_decay")[1]
     steps = _get(config, "num_train_steps")[1] or 0
     if _is_int(epochs) and _is_int(decay) and epochs + decay < 1 and not steps:

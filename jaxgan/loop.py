@@ -63,15 +63,21 @@ class _Preemption:
         return flag
 
 
-def resolve_config(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[ml_collections.ConfigDict, int]:
-    """A copy of ``config`` with ``steps_per_epoch`` from the data, and the total step count.
+def resolve_config(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, image_shape: tuple[int, int] | None = None
+) -> tuple[ml_collections.ConfigDict, int]:
+    """A copy of ``config`` with ``steps_per_epoch`` (and the training images' ``image_shape``, (H, W)) from
+    the data, and the total step count.
 
     ``num_train_steps > 0`` sets the run length directly; the learning-rate
     schedule still counts data epochs (it only reaches its decay phase if the
-    run is long enough).
+    run is long enough). ``image_shape`` sizes the image pools: ``crop_size`` square for the cropping
+    transforms, the images' own size for ``preprocess="none"`` and ``"scale_width"``.
     """
     config = ml_collections.ConfigDict(config.to_dict())
     config.steps_per_epoch = int(steps_per_epoch)
+    if image_shape is not None:
+        config.image_shape = tuple(int(v) for v in image_shape)
     total = int(config.get("num_train_steps", 0) or 0)
     if total <= 0:
         total = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
@@ -86,6 +92,28 @@ def _start_trace(directory: pathlib.Path) -> bool:
         log.warning("Profiling skipped: jax.profiler could not start (%s: %s)", type(e).__name__, e)
         return False
     return True
+
+
+def _warn_about_the_schedule(
+    saved: dict | None, config: ml_collections.ConfigDict, start: int, total_steps: int
+) -> None:
+    """Warn where a resumed run's step counter means something else now: a changed batch size changes the
+    steps per epoch (so the epoch and learning-rate position jump), and a checkpoint at or past the run's
+    end leaves nothing to train."""
+    before = (saved or {}).get("steps_per_epoch")
+    if before and int(before) != int(config.steps_per_epoch):
+        log.warning(
+            "The run had %d steps per epoch (batch_size %s), now %d (batch_size %d): step %d was epoch %.1f and "
+            "is now epoch %.1f of the schedule's %d, with the learning rate of that epoch.",
+            int(before), (saved or {}).get("batch_size"), config.steps_per_epoch, config.batch_size, start,
+            start / int(before), start / config.steps_per_epoch, int(config.num_epochs) + int(config.num_epochs_decay),
+        )  # fmt: skip
+    if start >= total_steps:
+        log.warning(
+            "The checkpoint is at step %d and this run ends at step %d: nothing to train. Raise "
+            "--config.num_epochs/num_epochs_decay (or num_train_steps) to train further.",
+            start, total_steps,
+        )  # fmt: skip
 
 
 def _check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
@@ -134,12 +162,12 @@ def _train_and_evaluate(
     stream = input_pipeline.create_train_stream(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     )
-    config, total_steps = resolve_config(config, stream.steps_per_epoch)
+    config, total_steps = resolve_config(config, stream.steps_per_epoch, stream.image_shape)
     log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
              parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
 
     saved = checkpoint.load_config(workdir)
-    if saved is not None:
+    if saved is not None and checkpoint.has_checkpoints(workdir):  # else a run that never saved: start afresh
         checkpoint.check_compatible(saved, config)
     if main:
         checkpoint.save_config(workdir, config)
@@ -154,12 +182,15 @@ def _train_and_evaluate(
         log.info("Starting a new run in %s", workdir)
     else:
         log.info("Resumed from the checkpoint at step %d in %s", start, ckpt.directory)
+        _warn_about_the_schedule(saved, config, start, total_steps)
 
     step_fn = parallel.make_train_step(shardings, mesh)
     sample_fn = results.make_sample_fn(state.config)
     n_samples = int(config.get("num_sample_images", 4))
     samples_a = input_pipeline.load_test_split(config, "A", max_images=n_samples).images
     samples_b = input_pipeline.load_test_split(config, "B", max_images=n_samples).images
+    n_samples = min(len(samples_a), len(samples_b))  # one row per pair: a small test split sets the count
+    samples_a, samples_b = samples_a[:n_samples], samples_b[:n_samples]
 
     writer = None
     if main:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import pathlib
+import shutil
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,9 +18,11 @@ def sample_grid(columns: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
     """Tile ``columns`` (each ``float[N, H, W, 3]`` in [-1, 1]) into ``uint8[N*(H+gap)-gap, C*(W+gap)-gap, 3]``.
 
     Row i shows example i; the training loop passes
-    real A | G(A) | F(G(A)) | real B | F(B) | G(F(B)) (:data:`GRID_COLUMNS`).
+    real A | G(A) | F(G(A)) | real B | F(B) | G(F(B)) (:data:`GRID_COLUMNS`). Columns of
+    different lengths give as many rows as the shortest.
     """
-    n, h, w, _ = columns[0].shape
+    _, h, w, _ = columns[0].shape
+    n = min(len(col) for col in columns)
     grid = np.full((n * (h + gap) - gap, len(columns) * (w + gap) - gap, 3), 255, np.uint8)
     for c, col in enumerate(columns):
         tiles = image_io.to_uint8(col)
@@ -48,6 +51,8 @@ def write_results_page(
     """
     out_dir = pathlib.Path(out_dir)
     img_dir = out_dir / "images"
+    if img_dir.is_dir():  # a page rewritten for other (or fewer) images keeps none of the old ones
+        shutil.rmtree(img_dir)
     img_dir.mkdir(parents=True, exist_ok=True)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",

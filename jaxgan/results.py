@@ -15,7 +15,7 @@ import logging
 import os
 import pathlib
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -187,6 +187,39 @@ def log_summary(summary: dict[str, Any]) -> None:
             log.info("%s: FID %.2f, KID %.4f%s", d, summary[f"{d}/fid"], summary[f"{d}/kid"], extra)
     if isinstance(summary.get("fid"), str):
         log.info("FID/KID %s", summary["fid"])
+
+
+# Fields that describe the machine a command runs on, not the run: never taken from a run's config.json.
+MACHINE_FIELDS = ("mesh_shape", "mesh_axes", "partition_rules")
+
+
+def config_of_run(
+    workdir: str | pathlib.Path, config: ml_collections.ConfigDict, keep: Iterable[str] = ()
+) -> ml_collections.ConfigDict:
+    """The config a run was trained with (``WORKDIR/config.json``), laid over ``config``.
+
+    ``keep``: dotted fields whose value in ``config`` wins (the command line's overrides, e.g.
+    ``results_max_images`` or a ``dataset`` that has moved). Fields the saved run lacks (written by an older
+    version) keep ``config``'s value; the mesh fields stay ``config``'s (they describe this machine).
+    """
+    saved = checkpoint.load_config(workdir)
+    if saved is None:
+        raise checkpoint.CheckpointError(f"No run in {workdir} (no config.json).")
+    merged = ml_collections.ConfigDict(config.to_dict())
+    keep = set(keep)
+
+    def lay(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            path = prefix + key
+            if path in keep or path in MACHINE_FIELDS or key not in target:
+                continue
+            if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, dict):
+                lay(target[key], value, path + ".")
+            else:
+                target[key] = tuple(value) if isinstance(target[key], tuple) and isinstance(value, list) else value
+
+    lay(merged, saved, "")
+    return merged
 
 
 def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:

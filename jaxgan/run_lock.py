@@ -42,8 +42,14 @@ class RunLock:
             return {}
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a file where the folder should be, no write permission, a read-only disk
+            raise RunLockError(
+                f"Cannot use {self.path.parent} as the run directory: {e.strerror or e}. Give --workdir a folder "
+                "that can be created and written to."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -154,12 +154,13 @@ def create_train_state(
       config: the experiment config (``model`` group, loss/optimizer fields,
         ``crop_size``, ``pool_size``, ``steps_per_epoch``).
       rng: a PRNG key (``jax.random.PRNGKey(seed)``).
-      image_shape: (H, W, C) of training images; defaults to
-        ``(crop_size, crop_size, 3)``. Parameters do not depend on it, pools do.
+      image_shape: (H, W, C) of training images; defaults to ``(*config.image_shape, 3)`` where the
+        run set it from the data (``loop.resolve_config``), else ``(crop_size, crop_size, 3)``.
+        Parameters do not depend on it, pools do.
     """
     cfg = StepConfig.from_config(config)
     if image_shape is None:
-        image_shape = (config.crop_size, config.crop_size, 3)
+        image_shape = (*(tuple(config.get("image_shape", ())) or (config.crop_size, config.crop_size)), 3)
     k_gab, k_gba, k_da, k_db, k_state = jax.random.split(rng, 5)
     # Parameter shapes do not depend on the image size: initialise on a small one.
     dummy = jnp.zeros((1, 64, 64, image_shape[-1]), jnp.float32)

@@ -80,6 +80,8 @@ def _apply(
 
 def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Translate ``float32[N, H, W, 3]`` in [-1, 1] (any H, W) in batches; returns the same shape."""
+    if batch_size < 1:
+        raise TranslateError(f"batch_size must be at least 1, got {batch_size}.")
     outs = [
         np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(images[i : i + batch_size]))))
         for i in range(0, len(images), batch_size)
@@ -153,6 +155,9 @@ def load_generator(
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
         raise TranslateError(f"Checkpoint directory {path} does not exist.")
+    if (path / "checkpoints").is_dir() and checkpoint.load_config(path) is not None:
+        raise TranslateError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
+                             "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
     try:
         params_by_name, model_cfg = interop.load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
@@ -172,7 +177,9 @@ def _collect_inputs(path: pathlib.Path) -> list[pathlib.Path]:
     files = sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and image_io.is_image_file(p.name) and not any(q.startswith(".") for q in p.parts)
+        if p.is_file()
+        and image_io.is_image_file(p.name)
+        and not any(q.startswith(".") for q in p.relative_to(path).parts)  # hidden below the input only
     )
     if not files:
         raise TranslateError(f"No images (jpg, jpeg, png, bmp, webp) found under {path}.")
@@ -243,12 +250,19 @@ def prepare_output(output: str | pathlib.Path) -> pathlib.Path:
 def _destinations(
     files: list[pathlib.Path], root: pathlib.Path, output: pathlib.Path
 ) -> dict[pathlib.Path, pathlib.Path]:
-    """Input -> output path (same relative name, ``.png``); two inputs that would share one output are an error."""
+    """Input -> output path (same relative name, ``.png``).
+
+    Two inputs that would share one output, and an output that would overwrite an input (``--output``
+    the input folder, PNG inputs), are errors.
+    """
     dests = {f: (output / f.relative_to(root)).with_suffix(".png") for f in files}
+    inputs = {f.resolve() for f in files}
     seen: dict[pathlib.Path, pathlib.Path] = {}
     for f, d in dests.items():
         if d in seen:
             raise TranslateError(f"{seen[d]} and {f} would both be written to {d}; rename one of them.")
+        if d.resolve() in inputs:
+            raise TranslateError(f"The translation of {f} would overwrite the input {d}; give another --output.")
         seen[d] = f
     return dests
 
@@ -302,6 +316,8 @@ def translate_files(
     folder, unreadable images are left out and recorded in ``skipped`` when it is given (else
     the first one raises ``TranslateError``); a single unreadable input file always raises.
     """
+    if batch_size < 1 or max_size < 0:
+        raise TranslateError(f"batch_size must be >= 1 and max_size >= 0, got {batch_size} and {max_size}.")
     inputs = pathlib.Path(inputs)
     output = prepare_output(output)
     files = _collect_inputs(inputs)
@@ -356,11 +372,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tile and (args.tile % 4 or args.tile <= args.overlap or args.overlap < 0):
         parser.error("--tile must be a multiple of 4 and larger than --overlap (>= 0), or 0")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.max_size < 0 or 0 < args.max_size < 16:
+        parser.error(f"--max_size must be 0 (never shrink) or at least 16 pixels, got {args.max_size}")
     cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
     skipped: list[str] = []
     try:
-        prepare_output(args.output)
-        _collect_inputs(pathlib.Path(args.input))  # a missing input fails before the generator loads
+        # A bad output, a missing input or an input the output would overwrite fail before the generator loads.
+        output = prepare_output(args.output)
+        inputs = pathlib.Path(args.input)
+        _destinations(_collect_inputs(inputs), inputs if inputs.is_dir() else inputs.parent, output)
         generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
                                   args.overlap, args.max_size, skipped, args.norm_stats)  # fmt: skip

@@ -57,3 +57,12 @@ def test_the_training_command_refuses_a_second_run(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+
+
+def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with (
+        pytest.raises(run_lock.RunLockError, match="Cannot use .*run as the run directory"),
+        run_lock.RunLock(tmp_path / "run"),
+    ):
+        pass

@@ -90,10 +90,15 @@ def test_sigterm_saves_exits_zero_and_resume_is_exact(tmp_path, uninterrupted):
     assert "Received SIGTERM" in out, out
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert len(steps) == 1 and 3 <= steps[0] < 400, out
-    # Finish the same run to step 8 in this process (the step count is the only override that differs).
-    if steps[0] <= 8:
-        state = loop.train_and_evaluate(tiny(num_train_steps=8), tmp_path)
-        assert _bitwise_equal(_params(state), reference)
+    # Finish the same run in this process (the step count is the only override that differs): to step 8, the
+    # uninterrupted fixture's, or, where the signal landed later on a loaded machine, one step past the
+    # checkpoint, against a fresh uninterrupted run to that step.
+    target = max(8, steps[0] + 1)
+    state = loop.train_and_evaluate(tiny(num_train_steps=target), tmp_path)
+    assert int(state.step) == target
+    if target != 8:
+        reference = _params(loop.train_and_evaluate(tiny(num_train_steps=target), tmp_path / "uninterrupted"))
+    assert _bitwise_equal(_params(state), reference)
 
 
 def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, caplog):
@@ -105,6 +110,14 @@ def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, caplog):
         state = loop.train_and_evaluate(tiny(num_train_steps=9, sample_every_steps=0), tmp_path)
     assert int(state.step) == 9
     assert "Checkpoint at step 8" in caplog.text and "Resumed from the checkpoint at step 4" in caplog.text
+    # The unreadable checkpoint went aside, so the repeated step 8 was saved again, readable.
+    assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints_unreadable").iterdir()] == ["8"]
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [4, 8, 9]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="jaxgan"):
+        loop.train_and_evaluate(tiny(num_train_steps=10, sample_every_steps=0), tmp_path)
+    assert "unreadable" not in caplog.text and "Resumed from the checkpoint at step 9" in caplog.text
 
 
 def test_incompatible_config_is_refused_naming_the_fields(tmp_path):
@@ -113,6 +126,44 @@ def test_incompatible_config_is_refused_naming_the_fields(tmp_path):
     config.model.n_blocks = 3
     with pytest.raises(checkpoint.CheckpointError, match="model.n_blocks: checkpoint has 2, config has 3"):
         loop.train_and_evaluate(config, tmp_path)
+
+
+def test_uncropped_training_images_and_a_test_split_smaller_than_the_sample_count(tmp_path):
+    # preprocess="none" trains on the images' own 40x48 (the pools take that shape, not crop_size's 32);
+    # num_sample_images is 2 in the tiny config and testB holds one image: one row per pair, no crash.
+    from folder_data import make_folder
+    from PIL import Image
+
+    data = make_folder(tmp_path / "data", {"trainA": 3, "trainB": 3, "testA": 3, "testB": 1}, size=(40, 48))
+    config = tiny(dataset=f"folder:{data}", preprocess="none", num_train_steps=2, sample_every_steps=1,
+                  checkpoint_every_steps=0)  # fmt: skip
+    state = loop.train_and_evaluate(config, tmp_path / "run")
+    assert state.pool_a.images.shape[1:] == (40, 48, 3) and int(state.pool_a.count) == 2
+    assert checkpoint.load_config(tmp_path / "run")["image_shape"] == [40, 48]
+    grids = sorted((tmp_path / "run" / "samples").glob("step_*.png"))
+    assert [p.name for p in grids] == ["step_0000001.png", "step_0000002.png"]
+    assert Image.open(grids[-1]).size == (6 * 32 + 5 * 2, 32)  # six columns, one row
+
+
+def test_resuming_with_another_batch_size_says_where_the_schedule_stands(tmp_path, caplog):
+    loop.train_and_evaluate(tiny(num_train_steps=4, sample_every_steps=0, results_max_images=1), tmp_path)
+    with caplog.at_level(logging.INFO, logger="jaxgan"):
+        state = loop.train_and_evaluate(
+            tiny(batch_size=4, num_train_steps=4, sample_every_steps=0, results_max_images=1), tmp_path
+        )
+    assert int(state.step) == 4
+    assert "The run had 16 steps per epoch (batch_size 1), now 4 (batch_size 4)" in caplog.text
+    assert "step 4 was epoch 0.2 and is now epoch 1.0 of the schedule's 2" in caplog.text
+    assert "nothing to train" in caplog.text
+
+
+def test_a_run_that_never_saved_binds_no_config(tmp_path):
+    # A first attempt that stopped before its first checkpoint (out of memory, a typo in the data path)
+    # leaves config.json: a corrected config starts afresh instead of being refused.
+    checkpoint.save_config(tmp_path, tiny(crop_size=64, load_size=72))
+    (tmp_path / "checkpoints").mkdir()
+    state = loop.train_and_evaluate(tiny(num_train_steps=1, sample_every_steps=0), tmp_path)
+    assert int(state.step) == 1 and checkpoint.load_config(tmp_path)["crop_size"] == 32
 
 
 def test_nan_stops_with_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -147,6 +198,8 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "sub" / "a.png")
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / "sub" / "b.PNG")
     (src / "notes.txt").write_text("not an image")
+    (src / ".thumbs").mkdir()  # hidden below the input: skipped
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(src / ".thumbs" / "a.png")
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "jaxgan.translate", *args], cwd=ROOT, env=_env(),
@@ -170,7 +223,9 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     ema_img, raw_img = (np.asarray(Image.open(tmp_path / d / "odd.png")) for d in ("o1", "o1raw"))
     assert ema_img.shape == raw_img.shape and not np.array_equal(ema_img, raw_img)  # the EMA is used by default
     # A relative --workdir (as users type it) must work too: Orbax itself only takes absolute paths.
-    many = run("--workdir", os.path.relpath(workdir, ROOT), "--input", str(src), "--output", str(tmp_path / "o2"))
+    # An input path through ".." (or a hidden folder above it) is searched like any other.
+    many = run("--workdir", os.path.relpath(workdir, ROOT), "--input", str(src / ".." / "in"), "--output",
+               str(tmp_path / "o2"))  # fmt: skip
     assert many.returncode == 0, many.stderr
     assert sorted(str(p.relative_to(tmp_path / "o2")) for p in (tmp_path / "o2").rglob("*.png")) == [
         "odd.png", "sub/a.png", "sub/b.png"]  # fmt: skip
@@ -178,6 +233,8 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     assert missing.returncode == 2 and "No training run" in missing.stderr and "Traceback" not in missing.stderr
     bad = run("--workdir", str(workdir), "--input", str(src / "notes.txt"), "--output", str(tmp_path / "o4"))
     assert bad.returncode == 2 and "notes.txt" in bad.stderr and "Traceback" not in bad.stderr
+    as_ckpt = run("--checkpoint", str(workdir), "--input", str(src), "--output", str(tmp_path / "o5"))
+    assert as_ckpt.returncode == 2 and f"give it as --workdir {workdir}" in as_ckpt.stderr, as_ckpt.stderr
 
 
 def _read_only_folder(path):
@@ -217,6 +274,14 @@ def test_translate_cli_bad_outputs_and_a_folder_with_bad_files(tmp_path, uninter
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
     assert Image.open(tmp_path / "out" / "b.png").size == (53, 37)
 
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    in_place = run("--input", str(src), "--output", str(src))  # PNG inputs would be overwritten
+    assert in_place.returncode == 2 and "would overwrite the input" in in_place.stderr, in_place.stderr
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    for flag, value in (("--batch_size", "0"), ("--batch_size", "-1"), ("--max_size", "-100")):
+        bad = run("--input", str(src), "--output", str(tmp_path / "out2"), flag, value)
+        assert bad.returncode == 2 and flag in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
     (tmp_path / "file_out").write_text("I am a file")
     to_file = run("--input", str(src), "--output", str(tmp_path / "file_out"))
     assert to_file.returncode == 2 and "is a file" in to_file.stderr and "Traceback" not in to_file.stderr
@@ -247,12 +312,24 @@ def test_training_cli_unknown_flag_and_missing_workdir():
         assert "Traceback" not in p.stderr
 
 
-def test_results_mode_rewrites_the_page(uninterrupted):
+def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted):
     workdir, _ = uninterrupted
     (workdir / "results" / "index.html").unlink()
-    summary = results.results_only(tiny(), workdir)
-    assert (workdir / "results" / "index.html").exists()
+    # The command line's config is the paper's (no --config), with one override: the run's config.json
+    # supplies the rest (the tiny networks, the synthetic data), the override wins.
+    paper = horse2zebra.get_config()
+    paper.results_max_images, paper.mesh_shape = 2, (1,)
+    config = results.config_of_run(workdir, paper, keep=["results_max_images"])
+    assert (config.model.ngf, config.dataset, config.crop_size) == (8, "synthetic", 32)
+    assert config.results_max_images == 2 and config.mesh_shape == (1,)  # the override; this machine's mesh
+    assert config.model.to_dict() == tiny().model.to_dict()
+    summary = results.results_only(config, workdir)
+    page = (workdir / "results" / "index.html").read_text()
+    assert page.count("<img") == 2 * 2 * 4  # 2 directions x 2 images x (input, translated, reconstructed, truth)
+    assert len(list((workdir / "results" / "images").iterdir())) == 2 * 2 * 4  # the run's 4-image page's are gone
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+        results.config_of_run(workdir / "results", paper)
 
 
 def test_summary_log_handles_real_data_without_ground_truth(caplog):

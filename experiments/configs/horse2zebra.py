@@ -55,6 +55,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_epochs = 100
     config.num_epochs_decay = 100
     config.steps_per_epoch = 1334  # set from the data: ceil(max(|A|, |B|) / batch_size)
+    config.image_shape = ()  # set from the data: (H, W) of training images (crop_size square when cropping)
 
     # Data.
     config.dataset = "tfds:cycle_gan/horse2zebra"
