@@ -56,7 +56,9 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     paths = sorted(
         os.path.join(folder, name)
         for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+        and not name.startswith(".")  # hidden files, e.g. macOS's "._name.jpg" resource forks
+        and os.path.isfile(os.path.join(folder, name))
     )
     if not paths:
         raise EvaluationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
@@ -283,13 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"FID/KID skipped: {e}", file=sys.stderr)
             else:
                 real = [load_image(p) for p in list_images(args.real)]
+                if min(len(real), len(fake)) < 2:
+                    raise EvaluationError(f"FID/KID need at least 2 images per set, got {len(real)} real and "
+                                          f"{len(fake)} translated")  # fmt: skip
                 kid_kwargs = {
                     "kid_subsets": args.kid_subsets,
                     "kid_subset_size": args.kid_subset_size,
                     "seed": args.seed,
                 }
                 results.update(fid_kid(real, fake, params, args.batch_size, **kid_kwargs))
-    except (EvaluationError, inception_weights.FidWeightsError) as e:
+    except (EvaluationError, inception_weights.FidWeightsError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

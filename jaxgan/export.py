@@ -7,7 +7,7 @@
 Formats (all float32; a bfloat16 run is exported in float32):
 
 * ``onnx``: ``image: float32[N, 3, H, W]`` (NCHW, RGB in [-1, 1]) -> ``translated`` of the
-  same shape; N, H, W dynamic, any H, W >= 4 (see :mod:`jaxgan.onnx_export`). Needs the
+  same shape; N, H, W dynamic, any H, W >= 5 (see :mod:`jaxgan.onnx_export`). Needs the
   ``export`` extra (``onnx``; ``onnxruntime`` for the check).
 * ``stablehlo``: a ``jax.export`` artifact with the weights inside, for CPU, CUDA and TPU,
   input ``float32[B, 4h, 4w, 3]`` (NHWC) with symbolic ``B, h, w`` (``h, w >= 2``), plus

@@ -13,7 +13,7 @@ Interface of the graph (opset 17):
 * input ``image``: ``float32[N, 3, H, W]`` (NCHW, RGB, in [-1, 1]); N, H and W are
   dynamic. H and W need not be multiples of 4: the graph reflect-pads them up to
   the next multiple (as ``jaxgan.translate`` does) and crops the output back.
-  H and W must be at least 4.
+  H and W must be at least 5 (padded to 8: the residual blocks reflect-pad a quarter-size map by 1).
 * output ``translated``: ``float32[N, 3, H, W]`` in [-1, 1].
 """
 

@@ -323,11 +323,15 @@ def test_bfloat16_forms_stay_within_stated_tolerance():
 def test_auto_resolves_per_backend_and_dtype():
     assert jax.default_backend() == "cpu"
     assert {conv_forms.resolve("auto", k, jnp.float32) for k in conv_forms.KINDS} == {"cpu"}
-    for backend in ("gpu", "tpu"):
+    # The measured choices, written out (benchmarks/RESULTS.md): on a GPU only the transposed convolution
+    # takes the CPU's phase form; TPU runs everything native.
+    measured = {
+        "gpu": {"stride1": "native", "stride2": "native", "transpose": "cpu", "pad1": "native"},
+        "tpu": dict.fromkeys(conv_forms.KINDS, "native"),
+    }
+    for backend, want in measured.items():
         for dt in (jnp.float32, jnp.bfloat16):
-            for kind in conv_forms.KINDS:
-                want = conv_forms.AUTO[backend][jnp.dtype(dt).name][kind]
-                assert conv_forms.resolve("auto", kind, dt, backend) == want
+            assert {k: conv_forms.resolve("auto", k, dt, backend) for k in conv_forms.KINDS} == want
     assert conv_forms.resolve("auto", "stride1", jnp.float32, "rocm-or-unknown") == "native"
     assert conv_forms.resolve("native", "transpose", jnp.bfloat16, "cpu") == "native"
     assert conv_forms.resolve("cpu", "pad1", jnp.float32, "gpu") == "cpu"

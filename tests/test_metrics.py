@@ -173,6 +173,7 @@ def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
     _write_images(tmp_path / "truth", truth)
     _write_images(tmp_path / "fake", fake)
     _write_images(tmp_path / "real", truth)
+    (tmp_path / "fake" / "._000.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # hidden: skipped
     args = ["--fake", str(tmp_path / "fake"), "--truth", str(tmp_path / "truth"), "--real", str(tmp_path / "real")]
     assert evaluate.main([*args, "--json", str(tmp_path / "r.json")]) == 0
     captured = capsys.readouterr()
@@ -182,6 +183,10 @@ def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
     # FID requested with no weights and nothing else to report: an error naming the extra.
     assert evaluate.main(["--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real")]) == 1
     assert "jaxgan[fid]" in capsys.readouterr().err
+    # An unreadable image: a one-line error naming it.
+    (tmp_path / "fake" / "003.png").write_bytes(b"not a png")
+    assert evaluate.main(args) == 1
+    assert "003.png" in capsys.readouterr().err
 
 
 def test_evaluate_translates_with_interop_checkpoint(tmp_path):
@@ -247,16 +252,33 @@ def fid_reference(tmp_path_factory):
     return params, script, source
 
 
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory):
+    """``{"testA": folder, "testB": folder}`` of 256x256 images: horse2zebra-mini's test photos where the shared
+    data sets are present, else the synthetic pair's test scenes (so the parity tests also run in CI)."""
+    from conftest import SHARED
+
+    mini = SHARED / "datasets" / "horse2zebra-mini"
+    if (mini / "testA").is_dir():
+        return {split: mini / split for split in ("testA", "testB")}
+    from jaxgan import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic_photos")
+    for split in ("testA", "testB"):
+        _write_images(root / split, synthetic.render(0, split, range(5), 256, split[-1]))
+    return {split: root / split for split in ("testA", "testB")}
+
+
 def _h2z_images(folder, n):
     return [evaluate.load_image(p) for p in evaluate.list_images(folder)[:n]]
 
 
-def test_features_match_torchscript(fid_reference, h2z_mini):
+def test_features_match_torchscript(fid_reference, photo_folders):
     import torch
 
     params, script, _ = fid_reference
     rng = np.random.default_rng(0)
-    real = np.stack(_h2z_images(h2z_mini / "testA", 2))  # uint8 [2, 256, 256, 3]
+    real = np.stack(_h2z_images(photo_folders["testA"], 2))  # uint8 [2, 256, 256, 3]
     x_real = np.asarray(inception.preprocess(jnp.asarray(real)))  # [2, 299, 299, 3] in [-1, 1]
     x_rand = rng.uniform(-1, 1, (2, 299, 299, 3)).astype(np.float32)
     x = np.concatenate([x_real, x_rand])
@@ -270,14 +292,14 @@ def test_features_match_torchscript(fid_reference, h2z_mini):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
-def test_fid_between_folders_both_ways(fid_reference, h2z_mini, tmp_path, capsys):
+def test_fid_between_folders_both_ways(fid_reference, photo_folders, tmp_path, capsys):
     import torch
 
     _, script, source = fid_reference
     n = 5
     for split in ("testA", "testB"):
         (tmp_path / split).mkdir()
-        for p in evaluate.list_images(h2z_mini / split)[:n]:
+        for p in evaluate.list_images(photo_folders[split])[:n]:
             shutil.copy(p, tmp_path / split)
     out_json = tmp_path / "ours.json"
     args = ["--real", str(tmp_path / "testB"), "--fake", str(tmp_path / "testA"), "--inception_weights", source]
@@ -287,7 +309,7 @@ def test_fid_between_folders_both_ways(fid_reference, h2z_mini, tmp_path, capsys
 
     def torch_features(split):
         # pytorch-fid's protocol: [0, 1] -> bilinear 299 (align_corners=False) -> [-1, 1].
-        x = torch.from_numpy(np.stack(_h2z_images(h2z_mini / split, n)).transpose(0, 3, 1, 2).copy()).float() / 255
+        x = torch.from_numpy(np.stack(_h2z_images(photo_folders[split], n)).transpose(0, 3, 1, 2).copy()).float() / 255
         x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         with torch.no_grad():
             return script(2 * x - 1).numpy()
