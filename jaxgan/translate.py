@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import pathlib
 import sys
 import tempfile
@@ -89,11 +90,40 @@ def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarr
     return np.concatenate(outs) if outs else np.zeros_like(images)
 
 
+def _check_stored_shapes(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> None:
+    """ValueError naming the first parameter whose stored shape differs from ``shapes`` (the run's config.json).
+
+    Read from the checkpoint's metadata before any array: a restore that fails on shapes leaves Orbax's
+    asynchronous readers to print pages of tracebacks at exit. Where the metadata cannot be read, the restore
+    itself decides.
+    """
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns about the step-level metadata file it does not need here
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = getattr(ckptr.metadata(path), "item_metadata", None)
+        stored = {jax.tree_util.keystr(k): tuple(m.shape) for k, m in jax.tree_util.tree_leaves_with_path(
+            tree[group][name], is_leaf=lambda m: hasattr(m, "shape"))}  # fmt: skip
+    except Exception:  # noqa: BLE001 - no readable metadata: the restore reports what is wrong
+        return
+    finally:
+        absl_log.setLevel(level)
+    for key, want in jax.tree_util.tree_leaves_with_path(shapes):
+        have = stored.get(jax.tree_util.keystr(key))
+        if have is not None and have != tuple(want.shape):
+            raise ValueError(
+                f"{jax.tree_util.keystr(key)} is {have} in the checkpoint but {tuple(want.shape)} for the run's "
+                "config.json: the two do not belong together"
+            )
+
+
 def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> PyTree:
     """``state[group][name]`` of one checkpoint (``group``: ``params`` or ``ema``), onto this process's first device.
 
     Explicit shardings: a checkpoint written by N devices (or processes) restores on one.
     """
+    _check_stored_shapes(path, group, name, shapes)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {group: {name: shapes}}
     restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
@@ -383,13 +413,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         output = prepare_output(args.output)
         inputs = pathlib.Path(args.input)
         _destinations(_collect_inputs(inputs), inputs if inputs.is_dir() else inputs.parent, output)
-        generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
+        source = args.checkpoint
+        if (
+            args.workdir and args.direction in DIRECTIONS
+        ):  # say which checkpoint and weights: a newer one may be unreadable
+            generator, params, step, used = load_generator_from_run(args.workdir, args.direction, weights=args.weights)
+            source = f"the {used} weights of step {step} of {args.workdir}"
+        else:
+            generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
                                   args.overlap, args.max_size, skipped, args.norm_stats)  # fmt: skip
     except (TranslateError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Translated {len(written)} image(s) {args.direction} into {args.output}")
+    print(f"Translated {len(written)} image(s) {args.direction} into {args.output} with {source}")
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     )
     assert one.returncode == 0, one.stderr
     assert Image.open(tmp_path / "o1" / "odd.png").size == (53, 37)
+    assert f"with the ema weights of step 8 of {workdir}" in one.stdout
     raw = run("--workdir", str(workdir), "--direction", "BtoA", "--weights", "raw", "--input", str(src / "odd.jpg"),
               "--output", str(tmp_path / "o1raw"))  # fmt: skip
     assert raw.returncode == 0, raw.stderr
@@ -235,6 +237,15 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     assert bad.returncode == 2 and "notes.txt" in bad.stderr and "Traceback" not in bad.stderr
     as_ckpt = run("--checkpoint", str(workdir), "--input", str(src), "--output", str(tmp_path / "o5"))
     assert as_ckpt.returncode == 2 and f"give it as --workdir {workdir}" in as_ckpt.stderr, as_ckpt.stderr
+    # A config.json that does not match the checkpoints: a short error, not pages of asynchronous tracebacks.
+    other = tmp_path / "mismatched"
+    shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("run.lock"))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["ngf"] = 16
+    (other / "config.json").write_text(json.dumps(cfg))
+    mismatch = run("--workdir", str(other), "--input", str(src), "--output", str(tmp_path / "o6"))
+    assert mismatch.returncode == 2 and "do not belong together" in mismatch.stderr, mismatch.stderr
+    assert "Traceback" not in mismatch.stderr and len(mismatch.stderr.splitlines()) < 20, mismatch.stderr
 
 
 def _read_only_folder(path):
