@@ -8,6 +8,7 @@ minutes of data loading. Each rule states its field, what it accepts, and what i
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -156,6 +157,18 @@ def _get(config: Any, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+def _valid_partition_rules(rules: Any) -> bool:
+    """Pairs of (a compilable regex, a sequence of axis names or None)."""
+    try:
+        for regex, spec in rules:
+            re.compile(regex)
+            if isinstance(spec, str) or not all(a is None or isinstance(a, str) for a in spec):
+                return False
+    except (TypeError, ValueError, re.error):
+        return False
+    return True
+
+
 def problems(config: ml_collections.ConfigDict) -> list[str]:
     """Every invalid field as ``"name=value: must be ..."``; [] when the config is valid. Absent fields are fine."""
     out = []
@@ -182,6 +195,12 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     load, crop, pre = (_get(config, k)[1] for k in ("load_size", "crop_size", "preprocess"))
     if _is_int(load) and _is_int(crop) and pre in ("resize_and_crop", "scale_width_and_crop") and load < crop:
         out.append(f"load_size={load} must be >= crop_size={crop} with preprocess={pre!r} (the crop comes from it)")
+    rules = _get(config, "partition_rules")[1]
+    if rules is not None and not _valid_partition_rules(rules):
+        out.append(
+            f"partition_rules={rules!r}: must be pairs (regex on the parameter path, axis names or None per "
+            "dimension), e.g. ((r'res_\\d+/conv_\\d/kernel', (None, None, None, 'model')),)"
+        )
     shape, axes = _get(config, "mesh_shape")[1], _get(config, "mesh_axes")[1]
     if shape is not None and axes is not None and len(tuple(shape)) != len(tuple(axes)):
         out.append(f"mesh_shape={tuple(shape)} and mesh_axes={tuple(axes)} must have the same length")

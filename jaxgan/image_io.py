@@ -13,6 +13,7 @@ import os
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -103,7 +104,7 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_uint8(images) -> np.ndarray:
+def to_uint8(images: ArrayLike) -> np.ndarray:
     """The reverse of :func:`to_float`: float[..., 3] in [-1, 1] (NumPy or JAX) -> uint8[..., 3], rounded, clipped."""
     values = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)

@@ -204,7 +204,7 @@ def shape_mask(seed: int, split: str, index: int, size: int, scale: int | None =
     return _render_scene(_scene(seed, split, index), size, scale)[1][..., 0]
 
 
-def translation_error(translated, source, truth, pool: int = 4) -> dict[str, float]:
+def translation_error(translated: np.ndarray, source: np.ndarray, truth: np.ndarray, pool: int = 4) -> dict[str, float]:
     """How close translations are to the ground truth, against the do-nothing baseline.
 
     Args:

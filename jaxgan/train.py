@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -106,7 +107,8 @@ class StepConfig:
         )
 
     @property
-    def schedule(self):
+    def schedule(self) -> Callable[[jax.Array], jax.Array]:
+        """The learning rate as a function of the step (constant, then linear decay to 0)."""
         return optim.linear_decay_schedule(self.lr, self.num_epochs, self.num_epochs_decay, self.steps_per_epoch)
 
     @property

@@ -50,6 +50,15 @@ def test_each_rule_names_the_field_and_what_it_accepts(field, value, says):
     assert says in found[0]
 
 
+@pytest.mark.parametrize("rules", [((1, 2),), (("res_(", (None,)),), (("conv", "model"),), "conv"])
+def test_malformed_partition_rules_are_a_config_error(rules):
+    config = horse2zebra.get_config()
+    with config.ignore_type():
+        config.partition_rules = rules
+    found = config_check.problems(config)
+    assert len(found) == 1 and found[0].startswith("partition_rules=") and "pairs (regex" in found[0], found
+
+
 def test_all_problems_in_one_message():
     config = horse2zebra.get_config()
     config.lr, config.num_epochs, config.gan_mode = -1.0, -3, "wgan"
