@@ -166,6 +166,13 @@ def _train_and_evaluate(
     log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
              parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
 
+    schedule_steps = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
+    if total_steps > schedule_steps:
+        log.warning(
+            "num_train_steps=%d runs past the learning-rate schedule's %d steps (num_epochs + num_epochs_decay): "
+            "the steps after it train at learning rate 0.",
+            total_steps, schedule_steps,
+        )  # fmt: skip
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.has_checkpoints(workdir):  # else a run that never saved: start afresh
         checkpoint.check_compatible(saved, config)

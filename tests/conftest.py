@@ -100,7 +100,7 @@ def h2z_mini() -> pathlib.Path:
 LONG_FILES = {
     "test_parallel.py": 395,
     "test_device_suite.py": 320,
-    "test_runner.py": 195,
+    "test_runner.py": 260,
     "test_conv_forms.py": 153,
     "test_train.py": 142,
     "test_run_eval.py": 110,

@@ -156,6 +156,14 @@ def test_resuming_with_another_batch_size_says_where_the_schedule_stands(tmp_pat
     assert "The run had 16 steps per epoch (batch_size 1), now 4 (batch_size 4)" in caplog.text
     assert "step 4 was epoch 0.2 and is now epoch 1.0 of the schedule's 2" in caplog.text
     assert "nothing to train" in caplog.text
+    assert "runs past the learning-rate schedule" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="jaxgan"):  # tiny: 2 epochs of 16 steps at batch 1
+        loop.train_and_evaluate(
+            tiny(num_train_steps=33, sample_every_steps=0, checkpoint_every_steps=0, results_max_images=1),
+            tmp_path / "long",
+        )
+    assert "num_train_steps=33 runs past the learning-rate schedule's 32 steps" in caplog.text
 
 
 def test_a_run_that_never_saved_binds_no_config(tmp_path):
