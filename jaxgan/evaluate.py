@@ -48,6 +48,9 @@ class EvaluationError(ValueError):
 # Images
 
 
+SMALL_SET = 50  # below this many images per set, evaluate's command line notes FID's bias
+
+
 def list_images(folder: str | os.PathLike) -> list[str]:
     """Sorted paths of the image files directly inside ``folder`` (not recursive, like pytorch-fid)."""
     folder = os.fspath(folder)
@@ -301,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "fid" in results:
         print(f"FID {results['fid']:.3f}  ({results['n_fake']} translated vs {results['n_real']} real images)")
         print(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
+        if min(results["n_fake"], results["n_real"]) < SMALL_SET:
+            print(f"note: FID from fewer than {SMALL_SET} images per set is dominated by its bias: compare only "
+                  "scores over the same image counts (KID is unbiased)", file=sys.stderr)  # fmt: skip
     if "l1" in results:
         print(f"L1 {results['l1']:.4f}  (after 4x downsampling: {results['l1_down4']:.4f})")
     print(json.dumps(results, sort_keys=True))
