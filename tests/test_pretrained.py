@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import jax
 import numpy as np
@@ -29,11 +30,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.routes[path]`` with ``Range: bytes=N-`` support and scripted failures.
 
     A route is ``{"body": bytes, "type": content type, "cut_after": K (the next response stops after
-    K body bytes, then the connection closes), "ignore_range": answer 200 with the whole body}``.
+    K body bytes, then the connection closes), "ignore_range": answer 200 with the whole body,
+    "delay": seconds before answering}``.
     """
 
     def do_GET(self) -> None:
         self.server.log.append((self.path, self.headers.get("Range")))
+        time.sleep(self.server.routes.get(self.path, {}).get("delay", 0))
         route = self.server.routes.get(self.path)
         if route is None:
             self.send_error(404)
@@ -199,6 +202,23 @@ def test_interrupted_download_resumes(nets, server, tmp_path, monkeypatch):
     assert path == tmp_path / "horse2zebra.pth" and path.read_bytes() == body
     assert server.log == [("/models/horse2zebra.pth", None), ("/models/horse2zebra.pth", "bytes=5000-")]
     assert not (tmp_path / "horse2zebra.pth.part").exists()
+
+
+def test_two_downloads_of_one_model_at_once_transfer_it_once(nets, server, tmp_path, monkeypatch):
+    # Two pages (or commands) started together: the second waits on the first's lock and finds the file.
+    body = nets["horse2zebra"][1]
+    _serve(server, "horse2zebra", body, delay=0.5)
+    monkeypatch.setenv("JAXGAN_PRETRAINED_URL", server.base_url)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(pretrained.download("horse2zebra", cache_dir=tmp_path,
+                                                                                  progress=False)))
+               for _ in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [tmp_path / "horse2zebra.pth"] * 2 and results[0].read_bytes() == body
+    assert server.log == [("/models/horse2zebra.pth", None)]
 
 
 def test_restart_when_the_server_cannot_continue(nets, server, tmp_path):
