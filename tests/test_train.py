@@ -75,12 +75,13 @@ def test_loss_terms_carry_their_weights():
     # Every generator term recomputed here from the networks alone, with weights that are not the defaults
     # (cycle 3, identity 0.25 -> 0.75), so a lost or swapped factor shows.
     s0 = _state(lambda_cycle=3.0, lambda_identity=0.25)
-    batch = _batch(n=2)
+    batch = _batch()
     cfg, p = s0.config, _copy(s0.params)
-    g_ab = lambda x: cfg.generator.apply({"params": p["g_ab"]}, x)  # noqa: E731
-    g_ba = lambda x: cfg.generator.apply({"params": p["g_ba"]}, x)  # noqa: E731
-    d_a = lambda x: cfg.discriminator.apply({"params": p["d_a"]}, x)  # noqa: E731
-    d_b = lambda x: cfg.discriminator.apply({"params": p["d_b"]}, x)  # noqa: E731
+    gen, disc = jax.jit(cfg.generator.apply), jax.jit(cfg.discriminator.apply)  # each compiled once
+    g_ab = lambda x: gen({"params": p["g_ab"]}, x)  # noqa: E731
+    g_ba = lambda x: gen({"params": p["g_ba"]}, x)  # noqa: E731
+    d_a = lambda x: disc({"params": p["d_a"]}, x)  # noqa: E731
+    d_b = lambda x: disc({"params": p["d_b"]}, x)  # noqa: E731
     a, b = np.asarray(batch["A"]), np.asarray(batch["B"])
     fake_b, fake_a = np.asarray(g_ab(a)), np.asarray(g_ba(b))
     want = {
@@ -116,12 +117,12 @@ def test_one_step_matches_the_official_iteration_in_pytorch():
                for k in pairs}  # fmt: skip
     for seed, net in enumerate(pairs.values()):  # four distinct nets, so a swapped pair shows
         torch_replica.randomize_(net, seed=seed, std=0.05, bias_std=0.1)
-    s0 = _state(freeze_inert_biases=False)
+    s0 = _state()  # the other tests' config and batch size: the compiled step is reused
     params = {k: jax.tree_util.tree_map(jnp.asarray, to_flax[k](torch_replica.state_dict_numpy(net)))
               for k, net in pairs.items()}  # fmt: skip
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(s0.params)
     s0 = s0.replace(params=params)
-    batch = _batch(seed=5, n=2)
+    batch = _batch(seed=5)
     nchw = {d: torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))) for d, x in batch.items()}
     want_loss = ref.step(nchw["A"], nchw["B"])
     s1, metrics = train.train_step(s0, batch)
