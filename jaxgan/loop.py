@@ -71,16 +71,24 @@ def resolve_config(
 
     ``num_train_steps > 0`` sets the run length directly; the learning-rate
     schedule still counts data epochs (it only reaches its decay phase if the
-    run is long enough). ``image_shape`` sizes the image pools: ``crop_size`` square for the cropping
-    transforms, the images' own size for ``preprocess="none"`` and ``"scale_width"``.
+    run is long enough; past its end, with a warning, at learning rate 0). ``image_shape`` sizes the image
+    pools: ``crop_size`` square for the cropping transforms, the images' own size for ``preprocess="none"``
+    and ``"scale_width"``.
     """
     config = ml_collections.ConfigDict(config.to_dict())
     config.steps_per_epoch = int(steps_per_epoch)
     if image_shape is not None:
         config.image_shape = tuple(int(v) for v in image_shape)
+    schedule_steps = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
     total = int(config.get("num_train_steps", 0) or 0)
     if total <= 0:
-        total = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
+        total = schedule_steps
+    elif total > schedule_steps:
+        log.warning(
+            "num_train_steps=%d runs past the learning-rate schedule's %d steps (num_epochs + num_epochs_decay): "
+            "the steps after it train at learning rate 0.",
+            total, schedule_steps,
+        )  # fmt: skip
     return config, total
 
 
@@ -166,13 +174,6 @@ def _train_and_evaluate(
     log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
              parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
 
-    schedule_steps = (int(config.num_epochs) + int(config.num_epochs_decay)) * config.steps_per_epoch
-    if total_steps > schedule_steps:
-        log.warning(
-            "num_train_steps=%d runs past the learning-rate schedule's %d steps (num_epochs + num_epochs_decay): "
-            "the steps after it train at learning rate 0.",
-            total_steps, schedule_steps,
-        )  # fmt: skip
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.has_checkpoints(workdir):  # else a run that never saved: start afresh
         checkpoint.check_compatible(saved, config)
