@@ -2,8 +2,9 @@
 
 The protocol of the papers that report CycleGAN's horse->zebra FID: translate
 *all* test images of the source domain at 256x256 (the official test-time
-``Resize((256, 256), BICUBIC)``), quantise them as the official code saves them
-(``uint8((y + 1) / 2 * 255)``), and compare their Inception pool3 features
+``Resize((256, 256), BICUBIC)``), quantise them to uint8 as jaxgan saves them
+(:func:`jaxgan.image_io.to_uint8`, rounded; the official ``tensor2im`` truncates,
+which darkens by half a grey level on average), and compare their Inception pool3 features
 with those of *all* test images of the target domain (pytorch-fid's input
 protocol; see ``jaxgan.inception``).
 
@@ -59,9 +60,7 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     paths = sorted(
         os.path.join(folder, name)
         for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-        and not name.startswith(".")  # hidden files, e.g. macOS's "._name.jpg" resource forks
-        and os.path.isfile(os.path.join(folder, name))
+        if image_io.is_image_file(name, IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
     )
     if not paths:
         raise EvaluationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
@@ -74,12 +73,6 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     if size and image.shape[:2] != (size, size):
         image = image_io.resize(image, size, size)
     return image
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """``float[..., 3]`` in [-1, 1] -> uint8 as the official ``tensor2im`` (``(y + 1) / 2 * 255``, truncated)."""
-    x = (np.asarray(images, np.float32) + 1.0) / 2.0 * 255.0
-    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def _batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -181,7 +174,7 @@ def translate_images(
     out = []
     for path in paths:
         x = image_io.to_float(load_image(path, load_size))[None]
-        out.append(to_uint8(translate.generate(generator, params, x, batch_size=1)[0]))
+        out.append(image_io.to_uint8(translate.generate(generator, params, x, batch_size=1)[0]))
     return out
 
 

@@ -123,7 +123,11 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def is_image_file(name: str) -> bool:
-    """Whether a file name has one of :data:`IMAGE_EXTENSIONS` (any case) and is not hidden."""
+def is_image_file(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file name ends with one of ``extensions`` (any case) and is not hidden.
+
+    Hidden means a leading dot, which also skips macOS's ``._name.jpg`` resource forks that sit beside
+    every image copied from a Mac to a FAT or network drive.
+    """
     base = os.path.basename(name)
-    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+    return not base.startswith(".") and base.lower().endswith(extensions)

@@ -3,8 +3,8 @@
 For one checkpoint (the newest, or ``step``) or every kept checkpoint of a run:
 
 * FID/KID of G(testA) against testB and of F(testB) against testA, at the test transform
-  (``load_test_split``: bicubic resize to ``crop_size``; outputs quantised as the official
-  ``tensor2im``), with the EMA or the raw generator weights;
+  (``load_test_split``: bicubic resize to ``crop_size``; outputs quantised to uint8 as
+  ``jaxgan.translate`` saves them, rounded), with the EMA or the raw generator weights;
 * **identity**: testA against testB (and back), the score of not translating at all;
 * **noise floor**: real against real, the two halves of the larger test split; no
   translation can be told from real images better than this with so few images;

@@ -21,6 +21,14 @@ def test_float_uint8_mapping_round_trips():
     np.testing.assert_array_equal(input_pipeline.to_uint8(np.array([-3.0, 3.0])), [0, 255])
 
 
+def test_image_file_names_skip_hidden_files_and_other_extensions():
+    assert image_io.is_image_file("a/b/horse.JPG") and image_io.is_image_file("x.webp")
+    assert not image_io.is_image_file("._horse.jpg")  # macOS resource fork
+    assert not image_io.is_image_file("dir/.hidden.png") and not image_io.is_image_file("notes.txt")
+    assert not image_io.is_image_file("scan.tif")  # training data: not among IMAGE_EXTENSIONS
+    assert image_io.is_image_file("scan.TIFF", (".tif", ".tiff")) and not image_io.is_image_file("._s.tif", (".tif",))
+
+
 def test_save_image_writes_floats_as_uint8(tmp_path):
     image = pattern(4)
     image_io.save_image(tmp_path / "x.png", image_io.to_float(image))
