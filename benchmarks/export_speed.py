@@ -28,12 +28,12 @@ def _generator(args: argparse.Namespace) -> tuple[dict, object]:
     import jax
     import jax.numpy as jnp
 
-    from jaxgan import export, interop, translate
+    from jaxgan import export, generator_checkpoint, translate
 
     if args.workdir or args.checkpoint:
         cfg, params, _ = export.load_generator("AtoB", args.workdir, args.checkpoint)
         return cfg, params
-    cfg = {**interop.DEFAULT_MODEL_CONFIG, "ngf": args.ngf, "n_blocks": args.n_blocks}
+    cfg = {**generator_checkpoint.DEFAULT_MODEL_CONFIG, "ngf": args.ngf, "n_blocks": args.n_blocks}
     generator = translate.make_generator(cfg)
     return cfg, generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
 

@@ -44,11 +44,12 @@ def _checkpoint(folder: pathlib.Path, ngf: int) -> pathlib.Path:
     import jax
     import jax.numpy as jnp
 
-    from jaxgan import interop, models
+    from jaxgan import generator_checkpoint, models
 
     gen = models.ResnetGenerator(ngf=ngf)
     params = gen.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    return pathlib.Path(interop.save_generator_checkpoint(params, "AtoB", {"ngf": ngf, "n_blocks": 9}, folder))
+    written = generator_checkpoint.save_generator_checkpoint(params, "AtoB", {"ngf": ngf, "n_blocks": 9}, folder)
+    return pathlib.Path(written)
 
 
 def _run(source: list[str], image: pathlib.Path, out: pathlib.Path, tile: int, norm_stats: str) -> dict:

@@ -123,13 +123,13 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
 
     Its name is ``pretrained.json``'s ``name`` (linked to its ``url``) when the folder has one, else the folder's.
     """
-    from jaxgan import interop
+    from jaxgan import generator_checkpoint
 
     path = pathlib.Path(checkpoint_dir).absolute()
     if not path.is_dir():
         raise AppError(f"Checkpoint directory {path} does not exist.")
     try:
-        params_by_name, model_cfg = interop.load_generator_checkpoint(path)
+        params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one clear message
         raise AppError(f"Cannot read a generator checkpoint from {path}: {e}") from e
     generator = translate.make_generator(model_cfg)

@@ -205,15 +205,15 @@ def load_generator(
     direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
 ) -> tuple[dict, PyTree, str]:
     """(model config, params, a description) of a run's newest (``weights``) or a checkpoint's generator."""
-    from jaxgan import checkpoint, interop, translate
+    from jaxgan import checkpoint, generator_checkpoint, translate
 
     if workdir:
         _, params, step, used = translate.load_generator_from_run(workdir, direction, weights=weights)
         cfg = checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]
         return dict(cfg), params, f"{workdir} step {step} ({used} weights)"
     _, params = translate.load_generator(direction, checkpoint_dir=checkpoint_dir)
-    saved = json.loads((pathlib.Path(checkpoint_dir) / interop.CONFIG_FILE).read_text()).get("model", {})
-    return {**interop.DEFAULT_MODEL_CONFIG, **saved}, params, str(checkpoint_dir)
+    saved = json.loads((pathlib.Path(checkpoint_dir) / generator_checkpoint.CONFIG_FILE).read_text()).get("model", {})
+    return {**generator_checkpoint.DEFAULT_MODEL_CONFIG, **saved}, params, str(checkpoint_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

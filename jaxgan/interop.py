@@ -13,7 +13,8 @@ and become ``[kh, kw, I, O]`` with no spatial flip, the layout that
 ``jaxgan.models.ConvTranspose`` defines to reproduce PyTorch's
 ``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)`` exactly.
 
-Command line (writes an Orbax checkpoint that ``jaxgan.translate`` reads)::
+Command line (writes a generator checkpoint, ``jaxgan.generator_checkpoint``, that ``jaxgan.translate``
+reads)::
 
     python -m jaxgan.interop --pth horse2zebra.pth --direction AtoB --output ckpt/horse2zebra
 """
@@ -21,7 +22,6 @@ Command line (writes an Orbax checkpoint that ``jaxgan.translate`` reads)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -30,29 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from jaxgan import generator_checkpoint
+from jaxgan.generator_checkpoint import DEFAULT_MODEL_CONFIG, DIRECTIONS
+
 PyTree = Any
 StateDict = dict[str, np.ndarray]
 
 # Keys the official loader drops too (`__patch_instance_norm_state_dict`).
 _IGNORED_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
-DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
-
-DEFAULT_MODEL_CONFIG = {
-    "ngf": 64,
-    "n_blocks": 9,
-    "ndf": 64,
-    "n_layers_d": 3,
-    "norm_affine": False,
-    "dtype": "float32",
-    "remat": False,
-}
-
-CONFIG_FILE = "config.json"
-
 
 class InteropError(ValueError):
-    """A state dict or checkpoint that does not match the expected architecture."""
+    """A state dict that does not match the official architecture (a missing key, a shape, an extra key)."""
 
 
 # ---------------------------------------------------------------------------
@@ -310,89 +299,13 @@ def load_torch_state_dict(path: str | os.PathLike) -> StateDict:
     return clean_state_dict(obj)
 
 
-def save_generator_checkpoint(
-    params: PyTree, direction: str, model_cfg: Mapping[str, Any], output_dir: str | os.PathLike
-) -> str:
-    """Write one generator as an Orbax checkpoint that ``jaxgan.translate`` restores.
-
-    Layout: ``output_dir/`` is an Orbax (``StandardCheckpointer``) checkpoint of
-    ``{"params": {"g_ab" | "g_ba": params}}`` plus ``output_dir/config.json`` =
-    ``{"model": model_cfg}`` (missing fields filled from :data:`DEFAULT_MODEL_CONFIG`).
-
-    Args:
-      params: ``ResnetGenerator`` params.
-      direction: ``"AtoB"`` (stored as ``g_ab``) or ``"BtoA"`` (``g_ba``).
-      model_cfg: at least ``ngf`` and ``n_blocks``.
-      output_dir: must not exist yet, or be an empty directory.
-
-    Returns:
-      The absolute path written.
-    """
-    return save_generators_checkpoint({direction: params}, model_cfg, output_dir)
-
-
-def save_generators_checkpoint(
-    generators: Mapping[str, PyTree], model_cfg: Mapping[str, Any], output_dir: str | os.PathLike
-) -> str:
-    """Write one or both generators of a CycleGAN (same ``model_cfg``) as one checkpoint.
-
-    As :func:`save_generator_checkpoint`, with ``generators`` = ``{"AtoB": params, "BtoA": params}``
-    (either or both): ``jaxgan.translate`` then reads either direction from ``output_dir``.
-    """
-    import orbax.checkpoint as ocp
-
-    unknown = sorted(set(generators) - set(DIRECTIONS))
-    if unknown or not generators:
-        raise InteropError(f"direction must be one of {sorted(DIRECTIONS)}, got {unknown or 'no generator'}")
-    path = os.path.abspath(os.fspath(output_dir))
-    if os.path.exists(path):
-        if not os.path.isdir(path) or os.listdir(path):
-            raise InteropError(f"output {path} already exists and is not an empty directory")
-        os.rmdir(path)
-    cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
-    tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, tree)
-        ckptr.wait_until_finished()
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump({"model": cfg}, f, indent=2)
-    return path
-
-
-def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, PyTree], dict[str, Any]]:
-    """Read what :func:`save_generator_checkpoint` wrote.
-
-    Returns:
-      ``(params_by_name, model_cfg)``: ``{"g_ab" and/or "g_ba": params}`` (NumPy
-      float32 leaves) and the ``"model"`` section of ``config.json``.
-    """
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(os.fspath(output_dir))
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise InteropError(f"{path} is not a jaxgan generator checkpoint: {CONFIG_FILE} is missing")
-    with open(cfg_path) as f:
-        model_cfg = {**DEFAULT_MODEL_CONFIG, **json.load(f).get("model", {})}
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(path)
-    params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
-    return params, model_cfg
-
-
-def _to_numpy_tree(tree: PyTree) -> PyTree:
-    if isinstance(tree, Mapping):
-        return {k: _to_numpy_tree(v) for k, v in tree.items()}
-    return np.asarray(tree, dtype=np.float32)
-
-
 def convert_generator_file(pth: str | os.PathLike, direction: str, output_dir: str | os.PathLike) -> dict[str, Any]:
     """``.pth`` generator -> Orbax checkpoint; returns the model config written."""
     sd = load_torch_state_dict(pth)
     ngf, n_blocks = infer_generator_config(sd)
     params = torch_generator_to_flax(sd)
     cfg = {**DEFAULT_MODEL_CONFIG, "ngf": ngf, "n_blocks": n_blocks}
-    save_generator_checkpoint(params, direction, cfg, output_dir)
+    generator_checkpoint.save_generator_checkpoint(params, direction, cfg, output_dir)
     return cfg
 
 
@@ -414,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--pth {args.pth}: no such file")
     try:
         cfg = convert_generator_file(args.pth, args.direction, args.output)
-    except (InteropError, ImportError) as e:
+    except (InteropError, generator_checkpoint.GeneratorCheckpointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(

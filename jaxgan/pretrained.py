@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from jaxgan import interop
+from jaxgan import generator_checkpoint, interop
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/jaxgan/pretrained")
@@ -170,7 +170,7 @@ def _convert(pth: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
     state_dict = interop.load_torch_state_dict(pth)
     ngf, n_blocks = interop.infer_generator_config(state_dict)
     params = interop.torch_generator_to_flax(state_dict)
-    return params, {**interop.DEFAULT_MODEL_CONFIG, "ngf": ngf, "n_blocks": n_blocks}
+    return params, {**generator_checkpoint.DEFAULT_MODEL_CONFIG, "ngf": ngf, "n_blocks": n_blocks}
 
 
 def _check_download(name: str, url: str, part: pathlib.Path) -> None:
@@ -253,7 +253,7 @@ def _holds(path: pathlib.Path, names: dict[str, str]) -> bool:
         have = {"AtoB": info["name"], **({"BtoA": info["reverse"]["name"]} if info.get("reverse") else {})}
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return have == names and (path / interop.CONFIG_FILE).is_file()
+    return have == names and (path / generator_checkpoint.CONFIG_FILE).is_file()
 
 
 def fetch(
@@ -306,7 +306,7 @@ def fetch(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:  # convert next to ``out``, then rename: ``out`` is either absent or complete
-        interop.save_generators_checkpoint(generators, configs[0], tmp)
+        generator_checkpoint.save_generators_checkpoint(generators, configs[0], tmp)
         with open(tmp / PRETRAINED_FILE, "w") as f:
             json.dump({**infos["AtoB"], "reverse": infos.get("BtoA")}, f, indent=2)
         os.replace(tmp, out)

@@ -180,7 +180,7 @@ def load_generator(
     if workdir:
         generator, params, _, _ = load_generator_from_run(workdir, direction, weights=weights)
         return generator, params
-    from jaxgan import interop  # only for imported checkpoints
+    from jaxgan import generator_checkpoint  # only for imported checkpoints
 
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
@@ -189,7 +189,7 @@ def load_generator(
         raise TranslateError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
     try:
-        params_by_name, model_cfg = interop.load_generator_checkpoint(path)
+        params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
         raise TranslateError(f"Cannot read a generator checkpoint from {path}: {e}") from e
     name = DIRECTIONS[direction]

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from jaxgan import app, image_io, interop, translate
+from jaxgan import app, generator_checkpoint, image_io, translate
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p and os.path.exists(p)), None)
 
@@ -33,7 +33,7 @@ def _checkpoint(path: pathlib.Path, directions=("AtoB",)) -> pathlib.Path:
     generator = translate.make_generator(cfg)
     params = {d: generator.init(jax.random.PRNGKey(i), jnp.zeros((1, 32, 32, 3)))["params"]
               for i, d in enumerate(directions)}  # fmt: skip
-    interop.save_generators_checkpoint(params, cfg, path)
+    generator_checkpoint.save_generators_checkpoint(params, cfg, path)
     return path
 
 

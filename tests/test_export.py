@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from experiments.configs import horse2zebra
-from jaxgan import export, interop, loop, models, translate
+from jaxgan import export, generator_checkpoint, loop, models, translate
 
 TOL = 1e-4  # the bound on |exported - jaxgan|, in [-1, 1] units
 
@@ -150,7 +150,7 @@ def test_cli_exports_a_run_in_every_format_and_checks_each(run, tmp_path):
 def test_cli_exports_an_imported_official_model(tmp_path):
     gen, params = _random_generator(8, 2)
     ckpt = tmp_path / "imported"
-    interop.save_generator_checkpoint(params, "AtoB", {"ngf": 8, "n_blocks": 2}, ckpt)
+    generator_checkpoint.save_generator_checkpoint(params, "AtoB", {"ngf": 8, "n_blocks": 2}, ckpt)
     proc = _cli("--checkpoint", str(ckpt), "--format", "stablehlo", "--output", str(tmp_path / "g.jaxexport"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ngf=8, n_blocks=2" in proc.stdout

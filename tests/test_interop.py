@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import interop, models
+from jaxgan import generator_checkpoint, interop, models
 
 
 def _official_generator_shapes(ngf: int, n_blocks: int) -> dict[str, tuple[int, ...]]:
@@ -154,17 +154,17 @@ def test_checkpoint_round_trip(tmp_path):
     sd = _random_state_dict(_official_generator_shapes(8, 2))
     params = interop.torch_generator_to_flax(sd)
     cfg = {"ngf": 8, "n_blocks": 2}
-    interop.save_generator_checkpoint(params, "BtoA", cfg, tmp_path / "ckpt")
+    generator_checkpoint.save_generator_checkpoint(params, "BtoA", cfg, tmp_path / "ckpt")
     with open(tmp_path / "ckpt" / "config.json") as f:
         written = json.load(f)
-    assert written == {"model": {**interop.DEFAULT_MODEL_CONFIG, **cfg}}
-    loaded, model_cfg = interop.load_generator_checkpoint(tmp_path / "ckpt")
+    assert written == {"model": {**generator_checkpoint.DEFAULT_MODEL_CONFIG, **cfg}}
+    loaded, model_cfg = generator_checkpoint.load_generator_checkpoint(tmp_path / "ckpt")
     assert set(loaded) == {"g_ba"} and model_cfg["ngf"] == 8 and model_cfg["n_blocks"] == 2
     jax.tree.map(np.testing.assert_array_equal, loaded["g_ba"], params)
-    with pytest.raises(interop.InteropError, match="already exists"):
-        interop.save_generator_checkpoint(params, "AtoB", cfg, tmp_path / "ckpt")
-    with pytest.raises(interop.InteropError, match="direction"):
-        interop.save_generator_checkpoint(params, "AB", cfg, tmp_path / "other")
+    with pytest.raises(generator_checkpoint.GeneratorCheckpointError, match="already exists"):
+        generator_checkpoint.save_generator_checkpoint(params, "AtoB", cfg, tmp_path / "ckpt")
+    with pytest.raises(generator_checkpoint.GeneratorCheckpointError, match="direction"):
+        generator_checkpoint.save_generator_checkpoint(params, "AB", cfg, tmp_path / "other")
 
 
 def test_reading_pth_without_torch_names_the_extra(monkeypatch, tmp_path):
@@ -254,7 +254,7 @@ def test_cli_converts_pth_to_checkpoint(torch_replica, tmp_path, capsys):
     torch.save({"module." + k: v for k, v in net.state_dict().items()}, pth)
     assert interop.main(["--pth", str(pth), "--direction", "AtoB", "--output", str(tmp_path / "out")]) == 0
     assert "ngf=16, n_blocks=6" in capsys.readouterr().out
-    loaded, cfg = interop.load_generator_checkpoint(tmp_path / "out")
+    loaded, cfg = generator_checkpoint.load_generator_checkpoint(tmp_path / "out")
     assert (cfg["ngf"], cfg["n_blocks"]) == (16, 6)
     x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 32, 48)).astype(np.float32)
     with torch.no_grad():
@@ -265,3 +265,6 @@ def test_cli_converts_pth_to_checkpoint(torch_replica, tmp_path, capsys):
     torch.save({"model.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     assert interop.main(["--pth", str(tmp_path / "bad.pth"), "--output", str(tmp_path / "bad")]) == 1
     assert "model.1.weight" in capsys.readouterr().err
+    # An output folder that holds something: refused with a message, the folder left as it was.
+    assert interop.main(["--pth", str(pth), "--output", str(tmp_path / "out")]) == 1
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "out" / "config.json").is_file()

@@ -190,13 +190,13 @@ def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
 
 
 def test_evaluate_translates_with_interop_checkpoint(tmp_path):
-    from jaxgan import interop, models
+    from jaxgan import generator_checkpoint, models
 
     gen = models.ResnetGenerator(8, 1)
     shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes["params"])
-    interop.save_generator_checkpoint(params, "AtoB", {"ngf": 8, "n_blocks": 1}, tmp_path / "ckpt")
+    generator_checkpoint.save_generator_checkpoint(params, "AtoB", {"ngf": 8, "n_blocks": 1}, tmp_path / "ckpt")
     rng = np.random.default_rng(1)
     _write_images(tmp_path / "src", [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2)])
     paths = evaluate.list_images(tmp_path / "src")

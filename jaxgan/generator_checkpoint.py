@@ -1,0 +1,114 @@
+"""The generator checkpoint: one or both CycleGAN generators, with their architecture, in one folder.
+
+What ``python -m jaxgan.interop`` (official ``.pth`` weights) and ``jaxgan.pretrained`` (the released models)
+write, and what ``jaxgan.translate --checkpoint``, ``jaxgan.export``, ``jaxgan.evaluate`` and the app read:
+an Orbax ``StandardCheckpointer`` checkpoint of ``{"params": {"g_ab" and/or "g_ba": params}}`` plus
+``config.json`` = ``{"model": {...}}``, the ``model`` fields of a training config that build the generator.
+A training run's folder is another format (``jaxgan.checkpoint``); translate reads both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+PyTree = Any
+
+DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
+
+DEFAULT_MODEL_CONFIG = {
+    "ngf": 64,
+    "n_blocks": 9,
+    "ndf": 64,
+    "n_layers_d": 3,
+    "norm_affine": False,
+    "dtype": "float32",
+    "remat": False,
+}
+
+CONFIG_FILE = "config.json"
+
+
+class GeneratorCheckpointError(ValueError):
+    """A generator checkpoint that cannot be written or read as asked (a direction, a non-empty folder)."""
+
+
+def save_generator_checkpoint(
+    params: PyTree, direction: str, model_cfg: Mapping[str, Any], output_dir: str | os.PathLike
+) -> str:
+    """Write one generator as an Orbax checkpoint that ``jaxgan.translate`` restores.
+
+    Layout: ``output_dir/`` is an Orbax (``StandardCheckpointer``) checkpoint of
+    ``{"params": {"g_ab" | "g_ba": params}}`` plus ``output_dir/config.json`` =
+    ``{"model": model_cfg}`` (missing fields filled from :data:`DEFAULT_MODEL_CONFIG`).
+
+    Args:
+      params: ``ResnetGenerator`` params.
+      direction: ``"AtoB"`` (stored as ``g_ab``) or ``"BtoA"`` (``g_ba``).
+      model_cfg: at least ``ngf`` and ``n_blocks``.
+      output_dir: must not exist yet, or be an empty directory.
+
+    Returns:
+      The absolute path written.
+    """
+    return save_generators_checkpoint({direction: params}, model_cfg, output_dir)
+
+
+def save_generators_checkpoint(
+    generators: Mapping[str, PyTree], model_cfg: Mapping[str, Any], output_dir: str | os.PathLike
+) -> str:
+    """Write one or both generators of a CycleGAN (same ``model_cfg``) as one checkpoint.
+
+    As :func:`save_generator_checkpoint`, with ``generators`` = ``{"AtoB": params, "BtoA": params}``
+    (either or both): ``jaxgan.translate`` then reads either direction from ``output_dir``.
+    """
+    import orbax.checkpoint as ocp
+
+    unknown = sorted(set(generators) - set(DIRECTIONS))
+    if unknown or not generators:
+        got = unknown or "no generator"
+        raise GeneratorCheckpointError(f"direction must be one of {sorted(DIRECTIONS)}, got {got}")
+    path = os.path.abspath(os.fspath(output_dir))
+    if os.path.exists(path):
+        if not os.path.isdir(path) or os.listdir(path):
+            raise GeneratorCheckpointError(f"output {path} already exists and is not an empty directory")
+        os.rmdir(path)
+    cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
+    tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree)
+        ckptr.wait_until_finished()
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump({"model": cfg}, f, indent=2)
+    return path
+
+
+def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, PyTree], dict[str, Any]]:
+    """Read what :func:`save_generator_checkpoint` wrote.
+
+    Returns:
+      ``(params_by_name, model_cfg)``: ``{"g_ab" and/or "g_ba": params}`` (NumPy
+      float32 leaves) and the ``"model"`` section of ``config.json``.
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(output_dir))
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise GeneratorCheckpointError(f"{path} is not a jaxgan generator checkpoint: {CONFIG_FILE} is missing")
+    with open(cfg_path) as f:
+        model_cfg = {**DEFAULT_MODEL_CONFIG, **json.load(f).get("model", {})}
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(path)
+    params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
+    return params, model_cfg
+
+
+def _to_numpy_tree(tree: PyTree) -> PyTree:
+    if isinstance(tree, Mapping):
+        return {k: _to_numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree, dtype=np.float32)
