@@ -94,7 +94,7 @@ def test_stablehlo_runs_in_a_fresh_process_without_model_code(tmp_path):
         assert "model code loaded: []" in proc.stdout
         err = np.abs(np.load(tmp_path / "y.npy") - _reference(gen, params, x)).max()
         print(f"stablehlo {b}x{h}x{w}: max abs diff {err:.2e}")
-        assert err <= TOL
+        assert err <= 1e-6  # the same XLA program: measured 0 (2026-12-02), as the README says
     with pytest.raises(ValueError, match="at least 8x8"):
         export.load(path)(_images(1, 4, 16))
 

@@ -12,6 +12,11 @@ import pytest
 
 from jaxgan import generator_checkpoint, interop, models
 
+# |jaxgan - PyTorch replica| of the official networks with the same weights, in output units: measured 5.8e-6 to
+# 8.5e-6 (float32, both conv forms, 2026-12-02; the README quotes it); one spatially flipped kernel gives 1.4-1.8
+# (up_0, res_3 or conv_out of the 6-block generator at 64x96).
+REPLICA_TOL = 4e-5
+
 
 def _official_generator_shapes(ngf: int, n_blocks: int) -> dict[str, tuple[int, ...]]:
     """The official ResNet generator's state-dict keys and shapes, written out from the layer listing."""
@@ -225,7 +230,7 @@ def test_generator_matches_torch_replica(torch_replica, n_blocks, sizes, conv_im
         assert want.std() > 0.1  # not saturated: the comparison means something
         err = np.abs(got - want).max()
         print(f"generator n_blocks={n_blocks} {h}x{w}: max abs diff {err:.2e}")
-        assert err <= 1e-4
+        assert err <= REPLICA_TOL
 
 
 @pytest.mark.parametrize("conv_impl", ["native", "cpu"])
@@ -243,7 +248,7 @@ def test_discriminator_matches_torch_replica(torch_replica, conv_impl):
     assert got.shape == want.shape == (2, 30, 30, 1)
     err = np.abs(got - want).max()
     print(f"discriminator 256x256: max abs diff {err:.2e}")
-    assert err <= 1e-4
+    assert err <= REPLICA_TOL
 
 
 def test_cli_converts_pth_to_checkpoint(torch_replica, tmp_path, capsys):
