@@ -96,13 +96,17 @@ def inception_features(
 ) -> np.ndarray:
     """Pool3 features ``float32[N, 2048]`` of ``uint8[H, W, 3]`` images (sizes may differ).
 
-    Batches are padded to ``batch_size`` so each image size compiles once.
+    A batch of ``n < batch_size`` images is padded to the next power of two (at most ``batch_size``),
+    so each image size compiles for a few batch shapes only, and a small set (a test split of 4 images,
+    the last 12 of 140) does not pay for ``batch_size`` images: on 2 CPU cores Inception takes ~0.4 s
+    an image, whether real or padding.
     """
     out = []
     for batch in _batches(images, batch_size):
         n = len(batch)
-        if n < batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+        padded = min(batch_size, 1 << (n - 1).bit_length())
+        if n < padded:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
         out.append(np.asarray(feature_fn(batch))[:n])
     if not out:
         raise EvaluationError("no images to compute features of")

@@ -218,11 +218,15 @@ def test_inception_features_batches_and_mixed_sizes():
         calls.append(batch.shape)
         return np.broadcast_to(batch.reshape(len(batch), -1).mean(axis=1, keepdims=True), (len(batch), 2048))
 
-    images = [np.full((8, 8, 3), i, np.uint8) for i in range(5)] + [np.full((4, 6, 3), 9, np.uint8)]
-    feats = evaluate.inception_features(images, fake_fn, batch_size=4)
-    assert feats.shape == (6, 2048)
-    np.testing.assert_array_equal(feats[:, 0], [0, 1, 2, 3, 4, 9])
-    assert calls == [(4, 8, 8, 3), (4, 8, 8, 3), (4, 4, 6, 3)]  # padded to one shape per image size
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(11)] + [np.full((4, 6, 3), 99, np.uint8)]
+    feats = evaluate.inception_features(images, fake_fn, batch_size=8)
+    assert feats.shape == (12, 2048)
+    np.testing.assert_array_equal(feats[:, 0], [*range(11), 99])
+    # Full batches, then a partial one padded to the next power of two: few shapes, little padding.
+    assert calls == [(8, 8, 8, 3), (4, 8, 8, 3), (1, 4, 6, 3)]
+    calls.clear()
+    evaluate.inception_features(images[:5], fake_fn, batch_size=6)
+    assert calls == [(6, 8, 8, 3)]  # never more than batch_size
 
 
 # ---------------------------------------------------------------------------
