@@ -98,8 +98,8 @@ def inception_features(
 
     A batch of ``n < batch_size`` images is padded to the next power of two (at most ``batch_size``),
     so each image size compiles for a few batch shapes only, and a small set (a test split of 4 images,
-    the last 12 of 140) does not pay for ``batch_size`` images: on 2 CPU cores Inception takes ~0.4 s
-    an image, whether real or padding.
+    the last 12 of 140) does not pay for ``batch_size`` images: Inception costs the same for an image of
+    padding as for a real one (0.17 s on 2 AMD EPYC cores, batch 32 of 256x256, 2026-12-02).
     """
     out = []
     for batch in _batches(images, batch_size):

@@ -91,21 +91,22 @@ def h2z_mini() -> pathlib.Path:
     return path
 
 
-# Seconds each of the longest files took (2026-12-02, 2 cores, two xdist workers, level 0, `pytest --durations=0`
-# summed per file). `make test` runs whole files on each worker (`--dist loadfile`) in collection order, and
-# a worker takes its next file when it has two tests left. Longest first, so that the last files handed out
-# are short ones and both workers end together: in alphabetical order test_train.py (2.4 min) came last and
-# one worker ran it alone for the last 2.2 minutes (15:11 for the suite). Files not listed follow, in
-# alphabetical order (each under 45 s).
+# Seconds each of the longest files took (2026-12-02, 2 cores, two xdist workers, level 0, `pytest --durations=60`
+# summed per file: the tests of 5.5 s or more). `make test` runs whole files on each worker (`--dist loadfile`) in
+# collection order, and a worker takes its next file when it has two tests left. Longest first, so that the last
+# files handed out are short ones and both workers end together: in alphabetical order test_train.py (2.4 min)
+# came last and one worker ran it alone for the last 2.2 minutes (15:11 for the suite). Files not listed follow,
+# in alphabetical order (each under 35 s).
 LONG_FILES = {
-    "test_parallel.py": 395,
-    "test_device_suite.py": 320,
-    "test_runner.py": 260,
-    "test_conv_forms.py": 153,
-    "test_train.py": 142,
-    "test_run_eval.py": 110,
-    "test_export.py": 72,
-    "test_checkpoint.py": 64,
+    "test_parallel.py": 338,
+    "test_device_suite.py": 318,
+    "test_train.py": 229,
+    "test_runner.py": 177,
+    "test_conv_forms.py": 98,
+    "test_export.py": 70,
+    "test_benchmarks.py": 48,
+    "test_app.py": 45,
+    "test_cpu_memory.py": 41,
 }
 
 
