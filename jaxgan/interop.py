@@ -33,7 +33,6 @@ import numpy as np
 from jaxgan import generator_checkpoint
 from jaxgan.generator_checkpoint import DEFAULT_MODEL_CONFIG, DIRECTIONS
 
-PyTree = Any
 StateDict = dict[str, np.ndarray]
 
 # Keys the official loader drops too (`__patch_instance_norm_state_dict`).

@@ -29,9 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgan import checkpoint, conv_forms, cpu_memory, global_norm, image_io, models, tiling, train
+from jaxgan.generator_checkpoint import DIRECTIONS, load_generator_checkpoint  # DIRECTIONS["AtoB"] = "g_ab"
 
 PyTree = Any
-DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
 WEIGHTS = ("ema", "raw")
 
 
@@ -180,8 +180,6 @@ def load_generator(
     if workdir:
         generator, params, _, _ = load_generator_from_run(workdir, direction, weights=weights)
         return generator, params
-    from jaxgan import generator_checkpoint  # only for imported checkpoints
-
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
         raise TranslateError(f"Checkpoint directory {path} does not exist.")
@@ -189,7 +187,7 @@ def load_generator(
         raise TranslateError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
     try:
-        params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)
+        params_by_name, model_cfg = load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
         raise TranslateError(f"Cannot read a generator checkpoint from {path}: {e}") from e
     name = DIRECTIONS[direction]
