@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxgan import image_io, inception, inception_weights, metrics
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (*image_io.IMAGE_EXTENSIONS, ".tif", ".tiff")  # the training formats, and TIFF
 
 
 class EvaluationError(ValueError):

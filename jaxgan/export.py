@@ -212,8 +212,7 @@ def load_generator(
         cfg = checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]
         return dict(cfg), params, f"{workdir} step {step} ({used} weights)"
     _, params = translate.load_generator(direction, checkpoint_dir=checkpoint_dir)
-    saved = json.loads((pathlib.Path(checkpoint_dir) / generator_checkpoint.CONFIG_FILE).read_text()).get("model", {})
-    return {**generator_checkpoint.DEFAULT_MODEL_CONFIG, **saved}, params, str(checkpoint_dir)
+    return generator_checkpoint.load_model_config(checkpoint_dir), params, str(checkpoint_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,15 +97,21 @@ def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, 
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(output_dir))
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise GeneratorCheckpointError(f"{path} is not a jaxgan generator checkpoint: {CONFIG_FILE} is missing")
-    with open(cfg_path) as f:
-        model_cfg = {**DEFAULT_MODEL_CONFIG, **json.load(f).get("model", {})}
+    model_cfg = load_model_config(path)
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(path)
     params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
     return params, model_cfg
+
+
+def load_model_config(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The generator's ``model`` fields from ``config.json``, missing ones from :data:`DEFAULT_MODEL_CONFIG`."""
+    path = os.path.abspath(os.fspath(output_dir))
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise GeneratorCheckpointError(f"{path} is not a jaxgan generator checkpoint: {CONFIG_FILE} is missing")
+    with open(cfg_path) as f:
+        return {**DEFAULT_MODEL_CONFIG, **json.load(f).get("model", {})}
 
 
 def _to_numpy_tree(tree: PyTree) -> PyTree:
