@@ -28,13 +28,13 @@ def _generator(args: argparse.Namespace) -> tuple[dict, object]:
     import jax
     import jax.numpy as jnp
 
-    from jaxgan import export, generator_checkpoint, translate
+    from jaxgan import export, generator_checkpoint, generator_loading
 
     if args.workdir or args.checkpoint:
         cfg, params, _ = export.load_generator("AtoB", args.workdir, args.checkpoint)
         return cfg, params
     cfg = {**generator_checkpoint.DEFAULT_MODEL_CONFIG, "ngf": args.ngf, "n_blocks": args.n_blocks}
-    generator = translate.make_generator(cfg)
+    generator = generator_loading.make_generator(cfg)
     return cfg, generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
 
 
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import onnxruntime as ort
 
-    from jaxgan import export, translate
+    from jaxgan import export, generator_loading
 
     cfg, params = _generator(args)
-    generator = translate.make_generator({**cfg, "dtype": "float32"})
+    generator = generator_loading.make_generator({**cfg, "dtype": "float32"})
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, hlo_path = os.path.join(tmp, "g.onnx"), os.path.join(tmp, "g.jaxexport")
         export.export_onnx(params, onnx_path)

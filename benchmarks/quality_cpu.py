@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgan import cpu_memory
 
     cpu_memory.reuse_step_memory()  # as the training entry point runs on CPU-only machines
-    from jaxgan import image_io, inception_weights, report, run_eval, translate
+    from jaxgan import generator_loading, image_io, inception_weights, report, run_eval, translate
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(table))
     if first is not None:  # the grid, EMA weights of the first jaxgan seed
         ev = run_eval.RunEvaluator(first)
-        _, params_ab, _, _ = translate.load_generator_from_run(first, "AtoB", None, "ema")
-        gen, params_ba, _, _ = translate.load_generator_from_run(first, "BtoA", None, "ema")
+        _, params_ab, _, _ = generator_loading.load_generator_from_run(first, "AtoB", None, "ema")
+        gen, params_ba, _, _ = generator_loading.load_generator_from_run(first, "BtoA", None, "ema")
         a, b = ev.test["A"].images[:6], ev.test["B"].images[:6]
         fb, fa = translate.generate(gen, params_ab, a), translate.generate(gen, params_ba, b)
         rec_a, rec_b = translate.generate(gen, params_ba, fb), translate.generate(gen, params_ab, fa)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from jaxgan import checkpoint, image_io, models, translate
+from jaxgan import checkpoint, generator_checkpoint, generator_loading, image_io, models, translate
 
 if TYPE_CHECKING:
     import gradio as gr  # an optional extra: imported where the page is built
@@ -79,10 +79,12 @@ def load_run(workdir: str | pathlib.Path, weights: str = "ema") -> Model:
     workdir = pathlib.Path(workdir).absolute()
     generators, step, used = {}, 0, weights
     try:
-        for direction in translate.DIRECTIONS:
-            generator, params, step, used = translate.load_generator_from_run(workdir, direction, weights=weights)
+        for direction in generator_checkpoint.DIRECTIONS:
+            generator, params, step, used = generator_loading.load_generator_from_run(
+                workdir, direction, weights=weights
+            )
             generators[direction] = (generator, params)
-    except translate.TranslateError as e:
+    except generator_loading.GeneratorLoadError as e:
         raise AppError(str(e)) from e
     dataset = (checkpoint.load_config(workdir) or {}).get("dataset")
     source = f"**{workdir.name}**: training run `{workdir}`, step {step}, {used} weights, dataset `{dataset}`"
@@ -123,8 +125,6 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
 
     Its name is ``pretrained.json``'s ``name`` (linked to its ``url``) when the folder has one, else the folder's.
     """
-    from jaxgan import generator_checkpoint
-
     path = pathlib.Path(checkpoint_dir).absolute()
     if not path.is_dir():
         raise AppError(f"Checkpoint directory {path} does not exist.")
@@ -132,10 +132,12 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
         params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one clear message
         raise AppError(f"Cannot read a generator checkpoint from {path}: {e}") from e
-    generator = translate.make_generator(model_cfg)
-    generators = {d: (generator, params_by_name[n]) for d, n in translate.DIRECTIONS.items() if n in params_by_name}
+    generator = generator_loading.make_generator(model_cfg)
+    generators = {
+        d: (generator, params_by_name[n]) for d, n in generator_checkpoint.DIRECTIONS.items() if n in params_by_name
+    }
     if not generators:
-        raise AppError(f"{path} holds no generator ({' or '.join(translate.DIRECTIONS.values())}).")
+        raise AppError(f"{path} holds no generator ({' or '.join(generator_checkpoint.DIRECTIONS.values())}).")
     meta: Any = {}
     with contextlib.suppress(OSError, ValueError):  # optional; a damaged one only loses the name
         meta = json.loads((path / "pretrained.json").read_text())
@@ -304,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_args.add_argument("--workdir", help="a training run directory (its newest checkpoint)")
     model_args.add_argument("--checkpoint", help="a generator checkpoint folder (python -m jaxgan.interop)")
     model_args.add_argument("--pretrained", help="a published model's name (python -m jaxgan.pretrained)")
-    parser.add_argument("--weights", default="ema", choices=translate.WEIGHTS, help="with --workdir: ema or raw")
+    parser.add_argument(
+        "--weights", default="ema", choices=generator_loading.WEIGHTS, help="with --workdir: ema or raw"
+    )
     parser.add_argument("--max_size", type=int, default=1024, help="shrink inputs to this long side first (0: never)")
     parser.add_argument("--examples", help="a folder of example images shown under the input (default: none)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

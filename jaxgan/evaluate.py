@@ -169,11 +169,11 @@ def translate_images(
     One image at a time (batch 1, as the official test); inputs resized to
     ``load_size`` (0 keeps their size, which must be divisible by 4).
     """
-    from jaxgan import translate
+    from jaxgan import generator_loading, translate
 
     try:
-        generator, params = translate.load_generator(direction, checkpoint_dir=os.fspath(checkpoint))
-    except translate.TranslateError as e:
+        generator, params = generator_loading.load_generator(direction, checkpoint_dir=os.fspath(checkpoint))
+    except generator_loading.GeneratorLoadError as e:
         raise EvaluationError(str(e)) from e
     out = []
     for path in paths:
@@ -213,14 +213,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main_workdir(args: argparse.Namespace) -> int:
     """``--workdir``: both directions of a run with the identity and noise-floor baselines; a table and JSON."""
-    from jaxgan import checkpoint, input_pipeline, run_eval, translate
+    from jaxgan import checkpoint, generator_loading, input_pipeline, run_eval, translate
     from jaxgan.evaluate import EvaluationError as LibraryEvaluationError  # this file runs as __main__ here
 
     try:
         params = inception_weights.load_inception_params(args.inception_weights) if args.inception_weights else None
         result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params)
     except (EvaluationError, LibraryEvaluationError, inception_weights.FidWeightsError, translate.TranslateError,
-            checkpoint.CheckpointError, input_pipeline.DataError) as e:  # fmt: skip
+            generator_loading.GeneratorLoadError, checkpoint.CheckpointError,
+            input_pipeline.DataError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 1
     base = result["baselines"]

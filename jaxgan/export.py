@@ -69,11 +69,11 @@ _BACKEND = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}  # jax.exp
 
 def _float32_generator(model_cfg: dict, platform: str = "tpu") -> Any:
     """The generator of ``model_cfg`` in float32 with the convolution forms that are fastest on ``platform``."""
-    from jaxgan import conv_forms, translate
+    from jaxgan import conv_forms, generator_loading
 
     forms = conv_forms.AUTO[_BACKEND.get(platform, "tpu")]["float32"]
     impl = ",".join(f"{kind}={form}" for kind, form in forms.items())
-    return translate.make_generator({**model_cfg, "dtype": "float32", "conv_impl": impl})
+    return generator_loading.make_generator({**model_cfg, "dtype": "float32", "conv_impl": impl})
 
 
 def export_stablehlo(
@@ -162,10 +162,10 @@ def verify(fmt: str, path: str | os.PathLike, model_cfg: dict, params: PyTree) -
 
     The reference is jaxgan's own translation (``jaxgan.translate``) with the generator in float32.
     """
-    from jaxgan import interop, translate
+    from jaxgan import generator_loading, interop, translate
 
     images = np.random.default_rng(0).uniform(-1, 1, (*VERIFY_SHAPE, 3)).astype(np.float32)
-    generator = translate.make_generator({**model_cfg, "dtype": "float32"})
+    generator = generator_loading.make_generator({**model_cfg, "dtype": "float32"})
     want = np.asarray(translate._apply(generator, params, images))
     if fmt == "onnx":
         try:
@@ -205,13 +205,13 @@ def load_generator(
     direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
 ) -> tuple[dict, PyTree, str]:
     """(model config, params, a description) of a run's newest (``weights``) or a checkpoint's generator."""
-    from jaxgan import checkpoint, generator_checkpoint, translate
+    from jaxgan import checkpoint, generator_checkpoint, generator_loading
 
     if workdir:
-        _, params, step, used = translate.load_generator_from_run(workdir, direction, weights=weights)
+        _, params, step, used = generator_loading.load_generator_from_run(workdir, direction, weights=weights)
         cfg = checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]
         return dict(cfg), params, f"{workdir} step {step} ({used} weights)"
-    _, params = translate.load_generator(direction, checkpoint_dir=checkpoint_dir)
+    _, params = generator_loading.load_generator(direction, checkpoint_dir=checkpoint_dir)
     return generator_checkpoint.load_model_config(checkpoint_dir), params, str(checkpoint_dir)
 
 
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default="ema", choices=("ema", "raw"), help="with --workdir: which weights")
     parser.add_argument("--no_verify", action="store_true", help="skip running the exported model once")
     args = parser.parse_args(argv)
-    from jaxgan import interop, translate
+    from jaxgan import generator_loading, interop
 
     try:
         cfg, params, what = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if err > VERIFY_TOLERANCE:
                 print(f"error: the export differs from jaxgan by more than {VERIFY_TOLERANCE}", file=sys.stderr)
                 return 1
-    except (ExportError, translate.TranslateError, interop.InteropError) as e:
+    except (ExportError, generator_loading.GeneratorLoadError, interop.InteropError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -276,7 +276,7 @@ def fetch(
         :data:`REVERSE` has one, so that both directions (and reconstructions) work.
 
     Returns:
-      The absolute checkpoint directory: ``jaxgan.translate.load_generator(direction,
+      The absolute checkpoint directory: ``jaxgan.generator_loading.load_generator(direction,
       checkpoint_dir=...)`` reads it; its ``pretrained.json`` is ``{"name", "description",
       "url", "sha256", "direction": "AtoB", "reverse": {... "direction": "BtoA"} | null}``.
 

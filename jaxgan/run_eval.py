@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxgan import checkpoint, evaluate, image_io, inception, inception_weights, input_pipeline, translate
+from jaxgan.generator_loading import load_generator_from_run
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 
@@ -83,7 +84,7 @@ class RunEvaluator:
         """``{"AtoB": uint8[N, H, W, 3], "BtoA": ...}`` of one checkpoint, its step and the weights really used."""
         out, used, at = {}, weights, -1
         for direction, (src, _) in DIRECTIONS.items():
-            gen, params, at, used = translate.load_generator_from_run(self.workdir, direction, step, weights)
+            gen, params, at, used = load_generator_from_run(self.workdir, direction, step, weights)
             fake = translate.generate(gen, params, self.test[src].images, self.batch_size)
             out[direction] = image_io.to_uint8(fake)
         return out, at, used

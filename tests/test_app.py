@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from jaxgan import app, generator_checkpoint, image_io, translate
+from jaxgan import app, generator_checkpoint, generator_loading, image_io, translate
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p and os.path.exists(p)), None)
 
@@ -30,7 +30,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p
 def _checkpoint(path: pathlib.Path, directions=("AtoB",)) -> pathlib.Path:
     """A small random generator checkpoint (jaxgan.interop's layout) holding ``directions``."""
     cfg = {"ngf": 4, "n_blocks": 1}
-    generator = translate.make_generator(cfg)
+    generator = generator_loading.make_generator(cfg)
     params = {d: generator.init(jax.random.PRNGKey(i), jnp.zeros((1, 32, 32, 3)))["params"]
               for i, d in enumerate(directions)}  # fmt: skip
     generator_checkpoint.save_generators_checkpoint(params, cfg, path)

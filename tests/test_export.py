@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from experiments.configs import horse2zebra
-from jaxgan import export, generator_checkpoint, loop, models, translate
+from jaxgan import export, generator_checkpoint, generator_loading, loop, models, translate
 
 TOL = 1e-4  # the bound on |exported - jaxgan|, in [-1, 1] units
 
@@ -141,7 +141,7 @@ def test_cli_exports_a_run_in_every_format_and_checks_each(run, tmp_path):
         assert not list(tmp_path.glob("*.part"))
     # The ONNX file of a run equals translating with the run's own (EMA) generator.
     ort = pytest.importorskip("onnxruntime")
-    gen, params, _, _ = translate.load_generator_from_run(run, "BtoA")
+    gen, params, _, _ = generator_loading.load_generator_from_run(run, "BtoA")
     x = _images(1, 48, 40)
     got = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"image": x.transpose(0, 3, 1, 2)})[0]
     assert np.abs(got.transpose(0, 2, 3, 1) - _reference(gen, params, x)).max() <= TOL

@@ -193,7 +193,7 @@ def test_experiment_command_runs_as_two_processes(tmp_path):
 
 
 # Every command that reads a run's checkpoint. translate, evaluate and export restore the generator alone
-# (translate.load_generator_from_run); the results mode and resuming restore the whole train state.
+# (generator_loading.load_generator_from_run); the results mode and resuming restore the whole train state.
 READERS = ("translate", "evaluate", "export", "results", "resume")
 
 

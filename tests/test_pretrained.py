@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan import interop, pretrained, translate
+from jaxgan import generator_loading, interop, pretrained, translate
 
 # As listed by the official scripts/download_cyclegan_model.sh.
 OFFICIAL = [
@@ -155,7 +155,7 @@ def test_fetch_translates_like_torch_and_is_cached(nets, server, tmp_path, capsy
     assert info["url"] == f"{server.base_url}/horse2zebra.pth"
     assert info["sha256"] == hashlib.sha256(body).hexdigest()
 
-    generator, params = translate.load_generator("AtoB", checkpoint_dir=str(out))
+    generator, params = generator_loading.load_generator("AtoB", checkpoint_dir=str(out))
     assert (generator.ngf, generator.n_blocks) == (16, 6)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 48, 3)).astype(np.float32)
     with torch.no_grad():
@@ -178,7 +178,7 @@ def test_with_reverse_stores_both_directions(nets, server, tmp_path):
     out = pretrained.fetch("horse2zebra", base_url=server.base_url, cache_dir=tmp_path, with_reverse=True)
     assert out == tmp_path / "converted" / "horse2zebra+zebra2horse"
     for direction, name in [("AtoB", "horse2zebra"), ("BtoA", "zebra2horse")]:
-        _, params = translate.load_generator(direction, checkpoint_dir=str(out))
+        _, params = generator_loading.load_generator(direction, checkpoint_dir=str(out))
         jax.tree.map(np.testing.assert_array_equal, params, _flax_params(nets[name][0]))
     info = json.loads((out / pretrained.PRETRAINED_FILE).read_text())
     assert info["reverse"]["name"] == "zebra2horse" and info["reverse"]["direction"] == "BtoA"

@@ -1,0 +1,150 @@
+"""Where a trained generator comes from: a training run's checkpoints or a generator checkpoint folder.
+
+    generator, params = load_generator("AtoB", workdir="runs/h2z")            # the newest EMA weights
+    generator, params = load_generator("AtoB", checkpoint_dir="ckpt/h2z")     # jaxgan.interop / pretrained
+
+A training run (``jaxgan.checkpoint``: ``config.json`` plus ``checkpoints/<step>/``) gives either
+generator of any checkpoint, its EMA or raw weights: by default the newest readable checkpoint (an
+unreadable newer one is passed over; :func:`load_generator_from_run` returns the step and weights used).
+A generator checkpoint (``jaxgan.generator_checkpoint``) holds one or both generators with their
+architecture. Every failure is a :class:`GeneratorLoadError` that says what to give instead.
+``jaxgan.translate``, ``evaluate``, ``export``, ``run_eval`` and the app load through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxgan import checkpoint, models, train
+from jaxgan.generator_checkpoint import DIRECTIONS, load_generator_checkpoint  # DIRECTIONS["AtoB"] = "g_ab"
+
+PyTree = Any
+WEIGHTS = ("ema", "raw")
+
+
+class GeneratorLoadError(ValueError):
+    """No generator can be loaded as asked: no run or checkpoint there, unknown direction, unreadable files."""
+
+
+def make_generator(model_cfg: dict) -> models.ResnetGenerator:
+    """The generator described by a saved ``config["model"]`` dict."""
+    return models.ResnetGenerator(
+        ngf=int(model_cfg.get("ngf", 64)),
+        n_blocks=int(model_cfg.get("n_blocks", 9)),
+        norm_affine=bool(model_cfg.get("norm_affine", False)),
+        dtype=train.DTYPES[model_cfg.get("dtype", "float32")],
+        conv_impl=str(model_cfg.get("conv_impl", "auto")),
+    )
+
+
+def _check_stored_shapes(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> None:
+    """ValueError naming the first parameter whose stored shape differs from ``shapes`` (the run's config.json).
+
+    Read from the checkpoint's metadata before any array: a restore that fails on shapes leaves Orbax's
+    asynchronous readers to print pages of tracebacks at exit. Where the metadata cannot be read, the restore
+    itself decides.
+    """
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns about the step-level metadata file it does not need here
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = getattr(ckptr.metadata(path), "item_metadata", None)
+        stored = {jax.tree_util.keystr(k): tuple(m.shape) for k, m in jax.tree_util.tree_leaves_with_path(
+            tree[group][name], is_leaf=lambda m: hasattr(m, "shape"))}  # fmt: skip
+    except Exception:  # noqa: BLE001 - no readable metadata: the restore reports what is wrong
+        return
+    finally:
+        absl_log.setLevel(level)
+    for key, want in jax.tree_util.tree_leaves_with_path(shapes):
+        have = stored.get(jax.tree_util.keystr(key))
+        if have is not None and have != tuple(want.shape):
+            raise ValueError(
+                f"{jax.tree_util.keystr(key)} is {have} in the checkpoint but {tuple(want.shape)} for the run's "
+                "config.json: the two do not belong together"
+            )
+
+
+def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> PyTree:
+    """``state[group][name]`` of one checkpoint (``group``: ``params`` or ``ema``), onto this process's first device.
+
+    Explicit shardings: a checkpoint written by N devices (or processes) restores on one.
+    """
+    _check_stored_shapes(path, group, name, shapes)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {group: {name: shapes}}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(
+            path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        )
+    return restored[group][name]
+
+
+def load_generator_from_run(
+    workdir: str | pathlib.Path, direction: str, step: int | None = None, weights: str = "ema"
+) -> tuple[models.ResnetGenerator, PyTree, int, str]:
+    """(generator, params, step, weights used) of the newest (or given) checkpoint of a training run.
+
+    ``weights``: ``"ema"`` (the moving average, where the run keeps one; else the raw
+    weights, and the fourth value says ``"raw"``) or ``"raw"``.
+    """
+    if weights not in WEIGHTS:
+        raise GeneratorLoadError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
+    workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
+    saved = checkpoint.load_config(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    if saved is None or not ckpt_dir.is_dir():
+        raise GeneratorLoadError(f"No training run in {workdir}: expected {workdir}/config.json and {ckpt_dir}/.")
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "default").is_dir())
+    if step is not None:
+        steps = [s for s in steps if s == step]
+    if not steps:
+        raise GeneratorLoadError(f"No checkpoint{'' if step is None else f' for step {step}'} in {ckpt_dir}.")
+    generator = make_generator(saved["model"])
+    shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
+    name = DIRECTIONS[direction]
+    groups = ["ema", "params"] if weights == "ema" and float(saved.get("ema_decay", 0) or 0) > 0 else ["params"]
+    errors = []
+    for s in reversed(steps):  # the newest readable one
+        for group in groups:
+            try:
+                params = _restore_generator(ckpt_dir / str(s) / "default", group, name, shapes)
+                return generator, params, s, "ema" if group == "ema" else "raw"
+            except Exception as e:  # noqa: BLE001 - fall back to the raw weights, then to an older checkpoint
+                errors.append(f"step {s} {group}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    raise GeneratorLoadError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
+
+
+def load_generator(
+    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
+) -> tuple[models.ResnetGenerator, PyTree]:
+    """(generator, params) from a run directory (its EMA or raw weights) or an imported generator checkpoint."""
+    if direction not in DIRECTIONS:
+        raise GeneratorLoadError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
+    if bool(workdir) == bool(checkpoint_dir):
+        raise GeneratorLoadError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
+    if workdir:
+        generator, params, _, _ = load_generator_from_run(workdir, direction, weights=weights)
+        return generator, params
+    path = pathlib.Path(checkpoint_dir)
+    if not path.is_dir():
+        raise GeneratorLoadError(f"Checkpoint directory {path} does not exist.")
+    if (path / "checkpoints").is_dir() and checkpoint.load_config(path) is not None:
+        raise GeneratorLoadError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
+                             "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
+    try:
+        params_by_name, model_cfg = load_generator_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
+        raise GeneratorLoadError(f"Cannot read a generator checkpoint from {path}: {e}") from e
+    name = DIRECTIONS[direction]
+    if name not in params_by_name:
+        have = [d for d, n in DIRECTIONS.items() if n in params_by_name]
+        raise GeneratorLoadError(f"{path} holds a generator for {have}, not {direction}.")
+    return make_generator(model_cfg), params_by_name[name]
