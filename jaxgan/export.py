@@ -205,14 +205,10 @@ def load_generator(
     direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
 ) -> tuple[dict, PyTree, str]:
     """(model config, params, a description) of a run's newest (``weights``) or a checkpoint's generator."""
-    from jaxgan import checkpoint, generator_checkpoint, generator_loading
+    from jaxgan import generator_loading
 
-    if workdir:
-        _, params, step, used = generator_loading.load_generator_from_run(workdir, direction, weights=weights)
-        cfg = checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]
-        return dict(cfg), params, f"{workdir} step {step} ({used} weights)"
-    _, params = generator_loading.load_generator(direction, checkpoint_dir=checkpoint_dir)
-    return generator_checkpoint.load_model_config(checkpoint_dir), params, str(checkpoint_dir)
+    _, params, model_cfg, source = generator_loading.load(direction, workdir, checkpoint_dir, weights)
+    return model_cfg, params, source
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, params, what = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         export(args.format, cfg, params, args.output)
-        print(f"wrote {args.output} ({args.format}): {args.direction} generator of {what}, "
+        print(f"wrote {args.output} ({args.format}): {args.direction} generator from {what}, "
               f"ngf={cfg['ngf']}, n_blocks={cfg['n_blocks']}")  # fmt: skip
         if not args.no_verify:
             err = verify(args.format, args.output, cfg, params)

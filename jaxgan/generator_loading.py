@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxgan import checkpoint, models, train
-from jaxgan.generator_checkpoint import DIRECTIONS, load_generator_checkpoint  # DIRECTIONS["AtoB"] = "g_ab"
+from jaxgan.generator_checkpoint import (  # DIRECTIONS["AtoB"] = "g_ab"
+    DEFAULT_MODEL_CONFIG,
+    DIRECTIONS,
+    load_generator_checkpoint,
+)
 
 PyTree = Any
 WEIGHTS = ("ema", "raw")
@@ -30,6 +34,20 @@ WEIGHTS = ("ema", "raw")
 
 class GeneratorLoadError(ValueError):
     """No generator can be loaded as asked: no run or checkpoint there, unknown direction, unreadable files."""
+
+
+class LoadedGenerator(NamedTuple):
+    """A generator ready to apply, what builds it, and where it came from."""
+
+    generator: models.ResnetGenerator
+    params: PyTree  # the generator's float32 params
+    model_cfg: dict[str, Any]  # the ``model`` fields that build it; missing ones from DEFAULT_MODEL_CONFIG
+    source: str  # for messages: "the ema weights of step 400 of runs/h2z" or "the generator checkpoint ckpt/h2z"
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise GeneratorLoadError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
 
 
 def make_generator(model_cfg: dict) -> models.ResnetGenerator:
@@ -95,6 +113,7 @@ def load_generator_from_run(
     ``weights``: ``"ema"`` (the moving average, where the run keeps one; else the raw
     weights, and the fourth value says ``"raw"``) or ``"raw"``.
     """
+    _check_direction(direction)
     if weights not in WEIGHTS:
         raise GeneratorLoadError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
     workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
@@ -122,17 +141,20 @@ def load_generator_from_run(
     raise GeneratorLoadError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
 
 
-def load_generator(
+def load(
     direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
-) -> tuple[models.ResnetGenerator, PyTree]:
-    """(generator, params) from a run directory (its EMA or raw weights) or an imported generator checkpoint."""
-    if direction not in DIRECTIONS:
-        raise GeneratorLoadError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
+) -> LoadedGenerator:
+    """The ``direction`` generator of a training run or of a generator checkpoint.
+
+    Exactly one of ``workdir`` (its newest readable checkpoint's ``weights``) and ``checkpoint_dir``.
+    """
+    _check_direction(direction)
     if bool(workdir) == bool(checkpoint_dir):
         raise GeneratorLoadError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
     if workdir:
-        generator, params, _, _ = load_generator_from_run(workdir, direction, weights=weights)
-        return generator, params
+        generator, params, step, used = load_generator_from_run(workdir, direction, weights=weights)
+        model_cfg = {**DEFAULT_MODEL_CONFIG, **checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]}
+        return LoadedGenerator(generator, params, model_cfg, f"the {used} weights of step {step} of {workdir}")
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
         raise GeneratorLoadError(f"Checkpoint directory {path} does not exist.")
@@ -147,4 +169,14 @@ def load_generator(
     if name not in params_by_name:
         have = [d for d, n in DIRECTIONS.items() if n in params_by_name]
         raise GeneratorLoadError(f"{path} holds a generator for {have}, not {direction}.")
-    return make_generator(model_cfg), params_by_name[name]
+    return LoadedGenerator(
+        make_generator(model_cfg), params_by_name[name], model_cfg, f"the generator checkpoint {checkpoint_dir}"
+    )
+
+
+def load_generator(
+    direction: str, workdir: str | None = None, checkpoint_dir: str | None = None, weights: str = "ema"
+) -> tuple[models.ResnetGenerator, PyTree]:
+    """(generator, params) of :func:`load`."""
+    loaded = load(direction, workdir, checkpoint_dir, weights)
+    return loaded.generator, loaded.params

@@ -27,9 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan import conv_forms, cpu_memory, global_norm, image_io, models, tiling
-from jaxgan.generator_checkpoint import DIRECTIONS
-from jaxgan.generator_loading import WEIGHTS, GeneratorLoadError, load_generator, load_generator_from_run
+from jaxgan import conv_forms, cpu_memory, generator_loading, global_norm, image_io, models, tiling
 
 PyTree = Any
 
@@ -257,7 +255,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for the translated images")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument(
-        "--weights", default="ema", choices=WEIGHTS, help="with --workdir: ema (the moving average, if kept) or raw"
+        "--weights",
+        default="ema",
+        choices=generator_loading.WEIGHTS,
+        help="with --workdir: ema (the moving average, if kept) or raw",
     )
     parser.add_argument(
         "--tile",
@@ -294,17 +295,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         output = prepare_output(args.output)
         inputs = pathlib.Path(args.input)
         _destinations(_collect_inputs(inputs), inputs if inputs.is_dir() else inputs.parent, output)
-        source = args.checkpoint
-        if (
-            args.workdir and args.direction in DIRECTIONS
-        ):  # say which checkpoint and weights: a newer one may be unreadable
-            generator, params, step, used = load_generator_from_run(args.workdir, args.direction, weights=args.weights)
-            source = f"the {used} weights of step {step} of {args.workdir}"
-        else:
-            generator, params = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
+        # Its source names the step and weights used: a newer checkpoint may have been unreadable.
+        generator, params, _, source = generator_loading.load(args.direction, args.workdir, args.checkpoint,
+                                                              args.weights)  # fmt: skip
         written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
                                   args.overlap, args.max_size, skipped, args.norm_stats)  # fmt: skip
-    except (TranslateError, GeneratorLoadError, image_io.DataError) as e:
+    except (TranslateError, generator_loading.GeneratorLoadError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Translated {len(written)} image(s) {args.direction} into {args.output} with {source}")

@@ -135,7 +135,9 @@ def test_cli_exports_a_run_in_every_format_and_checks_each(run, tmp_path):
     for fmt, name in formats.items():
         proc = _cli("--workdir", str(run), "--direction", "BtoA", "--format", fmt, "--output", str(tmp_path / name))
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "(ema weights)" in proc.stdout and "checked: max |exported - jaxgan|" in proc.stdout
+        assert (
+            f"the ema weights of step 3 of {run}" in proc.stdout and "checked: max |exported - jaxgan|" in proc.stdout
+        )
         err = float(proc.stdout.split("= ")[-1].split()[0])
         assert err <= TOL and (tmp_path / name).stat().st_size > 0
         assert not list(tmp_path.glob("*.part"))

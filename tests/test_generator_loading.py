@@ -41,9 +41,11 @@ def test_make_generator_reads_the_saved_model_fields():
 def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(tmp_path):
     params = _params()
     path = generator_checkpoint.save_generator_checkpoint(params, "BtoA", CFG, tmp_path / "ckpt")
-    generator, got = load_generator("BtoA", checkpoint_dir=path)
+    generator, got, model_cfg, source = generator_loading.load("BtoA", checkpoint_dir=path)
     assert (generator.ngf, generator.n_blocks) == (4, 1)
+    assert model_cfg == {**generator_checkpoint.DEFAULT_MODEL_CONFIG, **CFG} and source.endswith(str(path))
     jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, params))
+    assert load_generator("BtoA", checkpoint_dir=path)[0] == generator
     with pytest.raises(GeneratorLoadError, match=r"holds a generator for \['BtoA'\], not AtoB"):
         load_generator("AtoB", checkpoint_dir=path)
 
@@ -80,3 +82,27 @@ def test_a_run_without_a_readable_checkpoint_lists_each_failure(tmp_path):
         load_generator_from_run(run, "AtoB", step=150)
     with pytest.raises(GeneratorLoadError, match="--weights must be one of ema, raw"):
         load_generator_from_run(run, "AtoB", weights="best")
+    with pytest.raises(GeneratorLoadError, match="--direction must be one of"):
+        load_generator_from_run(run, "A2B")
+
+
+def test_the_readmes_translation_snippet(tmp_path):
+    """README "Using the library": load a generator, translate one photo of odd size (tiles: tests/test_tiling.py)."""
+    from jaxgan import image_io, translate
+
+    path = generator_checkpoint.save_generator_checkpoint(_params(1), "AtoB", CFG, tmp_path / "ckpt")
+    photo = np.random.default_rng(0).integers(0, 256, (30, 22, 3), dtype=np.uint8)
+    image_io.save_image(tmp_path / "horse.png", photo)
+
+    generator, params, model_cfg, source = generator_loading.load("AtoB", checkpoint_dir=path)
+    images = image_io.to_float(image_io.load_image(tmp_path / "horse.png")[None])
+    zebra = image_io.to_uint8(translate.generate(generator, params, images)[0])
+    large = translate.translate_image(generator, params, images[0])
+    assert zebra.shape == large.shape == (30, 22, 3) and zebra.dtype == np.uint8
+    # The odd size is reflection-padded to a multiple of 4 for the network and cropped back.
+    padded = np.pad(images, ((0, 0), (0, 2), (0, 2), (0, 0)), mode="reflect")
+    want = np.asarray(generator.apply({"params": params}, padded))[0, :30, :22]
+    whole = translate.generate(generator, params, images)[0]
+    np.testing.assert_allclose(whole, want, atol=1e-5)
+    np.testing.assert_array_equal(zebra, image_io.to_uint8(whole))
+    np.testing.assert_array_equal(large, whole)  # under a tile's size: translated whole
