@@ -105,6 +105,20 @@ def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree
     return restored[group][name]
 
 
+def _run_config(workdir: pathlib.Path) -> dict[str, Any]:
+    """A training run's saved config (``config.json``, with its ``model`` section); ``GeneratorLoadError`` if none."""
+    ckpt_dir = workdir / "checkpoints"
+    try:
+        saved = checkpoint.load_config(workdir)
+    except (OSError, ValueError) as e:
+        raise GeneratorLoadError(f"{workdir}/config.json cannot be read: {e}") from e
+    if saved is None or not ckpt_dir.is_dir():
+        raise GeneratorLoadError(f"No training run in {workdir}: expected {workdir}/config.json and {ckpt_dir}/.")
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise GeneratorLoadError(f"{workdir}/config.json has no model section: it is not a jaxgan run's config.")
+    return saved
+
+
 def load_generator_from_run(
     workdir: str | pathlib.Path, direction: str, step: int | None = None, weights: str = "ema"
 ) -> tuple[models.ResnetGenerator, PyTree, int, str]:
@@ -117,10 +131,8 @@ def load_generator_from_run(
     if weights not in WEIGHTS:
         raise GeneratorLoadError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
     workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
-    saved = checkpoint.load_config(workdir)
+    saved = _run_config(workdir)
     ckpt_dir = workdir / "checkpoints"
-    if saved is None or not ckpt_dir.is_dir():
-        raise GeneratorLoadError(f"No training run in {workdir}: expected {workdir}/config.json and {ckpt_dir}/.")
     steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "default").is_dir())
     if step is not None:
         steps = [s for s in steps if s == step]
@@ -153,12 +165,12 @@ def load(
         raise GeneratorLoadError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
     if workdir:
         generator, params, step, used = load_generator_from_run(workdir, direction, weights=weights)
-        model_cfg = {**DEFAULT_MODEL_CONFIG, **checkpoint.load_config(pathlib.Path(workdir).absolute())["model"]}
+        model_cfg = {**DEFAULT_MODEL_CONFIG, **_run_config(pathlib.Path(workdir).absolute())["model"]}
         return LoadedGenerator(generator, params, model_cfg, f"the {used} weights of step {step} of {workdir}")
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
         raise GeneratorLoadError(f"Checkpoint directory {path} does not exist.")
-    if (path / "checkpoints").is_dir() and checkpoint.load_config(path) is not None:
+    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
         raise GeneratorLoadError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
     try:

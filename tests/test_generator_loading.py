@@ -61,11 +61,15 @@ def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(t
         ({"direction": "AtoB", "checkpoint_dir": "{tmp}/run"}, "is a training run: give it as --workdir"),
         ({"direction": "AtoB", "workdir": "{tmp}/empty"}, "No training run in"),
         ({"direction": "AtoB", "workdir": "{tmp}/run"}, r"No checkpoint in .*checkpoints"),
+        ({"direction": "AtoB", "workdir": "{tmp}/torn"}, "config.json cannot be read"),
+        ({"direction": "AtoB", "workdir": "{tmp}/other"}, "config.json has no model section"),
     ],
 )
 def test_what_cannot_be_loaded_says_why(tmp_path, kwargs, message):
     (tmp_path / "empty").mkdir()
     _fake_run(tmp_path / "run")
+    (_fake_run(tmp_path / "torn") / "config.json").write_text('{"model": {"ngf"')  # cut off mid-write
+    (_fake_run(tmp_path / "other") / "config.json").write_text('["a list"]')  # another program's file
     kwargs = {k: v.format(tmp=tmp_path) for k, v in kwargs.items()}
     with pytest.raises(GeneratorLoadError, match=message):
         load_generator(**kwargs)
