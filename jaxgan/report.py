@@ -73,8 +73,9 @@ def write_results_page(
         parts += [f"<th>{k}</th>" for k in kinds]
         parts.append("<th>note</th></tr>" if sec.get("errors") else "</tr>")
         for i, name in enumerate(sec["names"]):
-            stem = pathlib.Path(str(name)).stem
-            parts.append(f"<tr><td>{html.escape(str(name))}</td>")
+            shown = _printable(str(name))
+            stem = pathlib.Path(shown).stem[:MAX_STEM]
+            parts.append(f"<tr><td>{html.escape(shown)}</td>")
             for k in kinds:
                 file = f"{slug}_{i:04d}_{stem}_{k}.png"
                 image_io.save_image(img_dir / file, image_io.to_uint8(sec[k][i]))
@@ -85,5 +86,13 @@ def write_results_page(
         parts.append("</table>")
     parts.append("</body></html>")
     index = out_dir / "index.html"
-    index.write_text("\n".join(parts))
+    index.write_text("\n".join(parts), encoding="utf-8")
     return index
+
+
+MAX_STEM = 80  # characters of a test image's name kept in its page files' names (a name's limit: 255 bytes)
+
+
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (a name from another system) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

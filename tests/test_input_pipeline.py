@@ -16,6 +16,7 @@ from folder_data import make_config, make_folder, pattern
 from PIL import Image
 
 from jaxgan import image_io, input_pipeline
+from jaxgan.data import sources
 from jaxgan.input_pipeline import DataError
 
 MINI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "horse2zebra-mini")
@@ -175,6 +176,20 @@ def test_every_transform_gives_its_shape_in_range(tmp_path, preprocess, shape):
     assert test.images.shape == (3, 32, 32, 3)
 
 
+@pytest.mark.parametrize(
+    "load_size, shape",
+    [
+        (42, (36, 40)),  # 48x40 -> 42x35, rounded to multiples of 4 as the generator needs
+        (34, (32, 32)),  # 34x28 -> the height at least the crop (32), the width rounded half to even
+        (64, (52, 64)),  # 64x53
+    ],
+)
+def test_scale_width_trains_on_sizes_the_generator_takes(tmp_path, load_size, shape):
+    config = make_config(f"folder:{make_folder(tmp_path)}", preprocess="scale_width", load_size=load_size)
+    stream = input_pipeline.create_train_stream(config)
+    assert stream.image_shape == shape and stream.batch(0)["A"].shape == (1, *shape, 3)
+
+
 def test_random_crop_and_flip_are_windows_of_the_resized_image(tmp_path):
     folder = make_folder(tmp_path, {"trainA": 1, "trainB": 1})
     original = np.asarray(Image.fromarray(pattern(0)).resize((36, 36), Image.Resampling.BICUBIC))
@@ -223,6 +238,32 @@ def test_corrupt_files_are_skipped_with_one_warning(tmp_path, caplog):
         assert stream.batch(step)["A"].shape == (1, 32, 32, 3)
 
 
+def test_the_first_readable_test_images_are_taken_past_bad_ones(tmp_path, caplog):
+    # The sample grid asks for the first 2 images of testA, whose first 2 files (by name) are unreadable.
+    root = make_folder(tmp_path, {"trainA": 1, "trainB": 1, "testA": 3, "testB": 1})
+    _bad_files(tmp_path / "testA")  # cut.png, empty.png, img_000..002.png, text.jpg, truncated.jpg
+    caplog.set_level(logging.WARNING, logger="jaxgan.data")
+    split = input_pipeline.load_test_split(make_config(f"folder:{root}"), "A", max_images=2)
+    assert split.names == ["img_000.png", "img_001.png"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "Skipped 2 of 4 image files of testA" in warning  # the files after img_001.png were not read
+    assert input_pipeline.load_test_split(make_config(f"folder:{root}"), "A").names[-1] == "img_002.png"
+
+
+def test_a_row_whose_images_are_all_unreadable_draws_from_all(tmp_path, caplog):
+    # 5 images at batch 4: row 1 shows only image 1 (1 % 4), which is unreadable.
+    root = make_folder(tmp_path, {"trainA": 5, "trainB": 5, "testA": 1, "testB": 1})
+    (tmp_path / "trainB" / "img_001.png").write_bytes(b"not a png")
+    caplog.set_level(logging.WARNING, logger="jaxgan.data")
+    stream = input_pipeline.create_train_stream(make_config(f"folder:{root}", batch_size=4))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("row(s) 1 of the batch show (i % 4 == row) are all unreadable" in m for m in messages), messages
+    assert any("Skipped 1 of 5 image files of trainB" in m for m in messages), messages
+    drawn = {int(i) for step in range(20) for i in stream.image_indices(step)["B"]}
+    assert drawn == {0, 2, 3, 4}  # every readable image, by every row; never the bad one
+    assert stream.batch(0)["B"].shape == (4, 32, 32, 3)
+
+
 def test_a_domain_of_only_bad_files_is_a_clear_error(tmp_path):
     root = make_folder(tmp_path, {"trainA": 1, "trainB": 2})
     _bad_files(tmp_path / "trainA")
@@ -267,6 +308,28 @@ def test_empty_domain_is_a_clear_error(tmp_path):
     (tmp_path / "trainB" / "readme.txt").write_text("x")
     with pytest.raises(DataError, match=r"trainB holds no images \(1 other files\)"):
         input_pipeline.create_train_stream(make_config(f"folder:{root}"))
+
+
+def test_linked_folders_are_read_once_and_pipes_and_other_files_are_counted(tmp_path, caplog):
+    root = make_folder(tmp_path, {"trainA": 4, "trainB": 3, "testA": 1, "testB": 1})
+    os.symlink("..", tmp_path / "trainA" / "up")  # a loop back to the data set's root: trainB, tests, itself
+    os.symlink(".", tmp_path / "trainB" / "self")
+    (tmp_path / "more").mkdir()
+    Image.fromarray(pattern(7)).save(tmp_path / "more" / "extra.png")
+    os.symlink("../more", tmp_path / "trainB" / "more")  # a linked folder outside: read, once
+    os.symlink("../more", tmp_path / "trainB" / "more_again")
+    os.mkfifo(tmp_path / "trainB" / "pipe.jpg")  # opening it would block for ever
+    (tmp_path / "trainB" / "notes.txt").write_text("x")
+    (tmp_path / "trainB" / "scan.TIF").write_bytes(b"II*\0")
+    (tmp_path / "trainB" / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level(logging.INFO, logger="jaxgan.data"):
+        stream = input_pipeline.create_train_stream(make_config(f"folder:{root}"))
+    assert stream.steps_per_epoch == 4  # max(4, 3 + 1): each real image once
+    source = sources.make_source(make_config(f"folder:{root}"))
+    assert [source.name("trainB", i) for i in range(source.count("trainB"))] == [
+        "img_000.png", "img_001.png", "img_002.png", "more/extra.png"]  # fmt: skip
+    assert source.count("trainA") == 4
+    assert "3 other files ignored (.jpg, .tif, .txt)" in caplog.text  # the pipe, the TIFF, the notes
 
 
 @pytest.mark.parametrize("dataset", ["horse2zebra", "folder:", "tfds:", "imagenet:x", ""])

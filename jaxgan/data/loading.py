@@ -29,6 +29,12 @@ class Loaded:
     bad: list[tuple[str, str]]  # (name, reason) of unreadable files
     small: list[tuple[str, tuple[int, int]]]  # (name, (H, W)) of images smaller than the crop
 
+    def add(self, other: Loaded) -> None:
+        """Take in what another part of the same split loaded."""
+        self.images.update(other.images)
+        self.bad = sorted(self.bad + other.bad)
+        self.small = sorted(self.small + other.small)
+
 
 def load_split(
     source: Source, split: str, indices: Sequence[int], prepare: Callable[[np.ndarray], np.ndarray], crop_size: int

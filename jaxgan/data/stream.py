@@ -9,7 +9,9 @@ resumed at any step sees the batches the uninterrupted run saw.
 Multi-process: row ``r`` of the global batch only ever shows images ``i`` with ``i % batch == r``
 (when a domain has at least ``batch`` images), so each process decodes and caches only the images
 of its own rows and yields its contiguous block of rows; stacking the blocks of all processes
-gives exactly the batch one process would produce for the same global batch size.
+gives exactly the batch one process would produce for the same global batch size. Where all images
+of a row are unreadable (a small domain with bad files), that process's rows draw from every
+readable image instead, with a warning.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class _Domain:
     """One training domain as this process holds it."""
 
     size: int  # images listed (valid or not): defines the epoch length and the shards
-    num_shards: int  # the global batch size, or 1 when the domain has fewer images than that
+    num_shards: int  # the global batch size; 1 when the domain has fewer images, or a row's are all unreadable
     shards: dict[int, np.ndarray]  # shard id -> readable global indices (only the shards this process needs)
     cache: dict[int, np.ndarray]  # global index -> prepared uint8[H, W, 3]
 
@@ -247,16 +249,24 @@ def create_train_stream(
         needed = {row % num_shards for row in rows}
         wanted = [i for i in range(size) if i % num_shards in needed]
         loaded = loading.load_split(source, split, wanted, prepare, crop_size)
-        loading.report(source, split, loaded, len(wanted), crop_size)
-        shards = {}
-        for shard in sorted(needed):
-            members = np.array([i for i in sorted(loaded.images) if i % num_shards == shard], dtype=np.int64)
-            if not len(members):
-                raise DataError(
-                    f"Images {split}[i] with i % {num_shards} == {shard} (the ones row {shard} of the batch shows) "
-                    f"are all unreadable in {source.description}; remove the bad files or change config.batch_size."
-                )
-            shards[shard] = members
+        empty = sorted(needed - {i % num_shards for i in loaded.images})
+        if empty:  # a row would have nothing to show: every row draws from every readable image instead
+            _log.warning(
+                "The images of %s that row(s) %s of the batch show (i %% %d == row) are all unreadable; every "
+                "row draws from all readable images of %s instead",
+                split,
+                ", ".join(map(str, empty)),
+                num_shards,
+                split,
+            )
+            rest = [i for i in range(size) if i % num_shards not in needed]
+            loaded.add(loading.load_split(source, split, rest, prepare, crop_size))
+            num_shards, needed, wanted = 1, {0}, list(range(size))
+        loading.report(source, split, loaded, len(wanted), crop_size)  # DataError if none is readable
+        shards = {
+            shard: np.array([i for i in sorted(loaded.images) if i % num_shards == shard], dtype=np.int64)
+            for shard in sorted(needed)
+        }
         domains[key] = _Domain(size=size, num_shards=num_shards, shards=shards, cache=loaded.images)
         nbytes = sum(image.nbytes for image in loaded.images.values())
         _log.info(

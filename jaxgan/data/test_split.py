@@ -36,7 +36,8 @@ def load_test_split(config: ml_collections.ConfigDict, domain: str, max_images: 
     Args:
       config: the experiment config (dataset, data_dir, crop_size, and the synthetic fields).
       domain: 'A' or 'B'.
-      max_images: read only the first this many files (in name order) when given.
+      max_images: when given, the first this many readable images (in name order); files are read
+        only as far as that needs.
 
     Raises:
       DataError: bad data set, missing or empty split, or no readable image.
@@ -46,11 +47,15 @@ def load_test_split(config: ml_collections.ConfigDict, domain: str, max_images: 
     _, _, crop_size, _ = transforms.check_transform_config(config)
     source = sources.make_source(config)
     split = f"test{domain}"
-    count = source.count(split)
-    if max_images is not None:
-        count = min(count, max(0, int(max_images)))
-    loaded = loading.load_split(source, split, range(count), transforms.test_prepare(crop_size), crop_size)
-    loading.report(source, split, loaded, count, crop_size)
+    total = source.count(split)
+    wanted = total if max_images is None else min(total, max(0, int(max_images)))
+    prepare = transforms.test_prepare(crop_size)
+    loaded, read = loading.Loaded({}, [], []), 0
+    while len(loaded.images) < wanted and read < total:  # past unreadable files, up to the readable ones wanted
+        more = range(read, min(total, read + wanted - len(loaded.images)))
+        loaded.add(loading.load_split(source, split, more, prepare, crop_size))
+        read = more.stop
+    loading.report(source, split, loaded, read, crop_size)
     valid = sorted(loaded.images)
     if not valid:
         return TestSplit(np.zeros((0, crop_size, crop_size, 3), np.float32), [], None)

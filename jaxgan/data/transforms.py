@@ -22,8 +22,10 @@ def train_prepare(preprocess: str, load_size: int, crop_size: int) -> Callable[[
 
     uint8[H, W, 3] -> uint8[H', W', 3]: ``resize_and_crop`` resizes to load_size x load_size; ``scale_width``
     (and ``_and_crop``) resizes the width to load_size keeping the aspect ratio, the height at least
-    crop_size; ``crop`` and ``none`` keep the size (``none`` rounds it to a multiple of 4, as the official
-    code does), except that an image whose shorter side is under crop_size is first resized up to it.
+    crop_size; ``crop`` and ``none`` keep the size, except that an image whose shorter side is under
+    crop_size is first resized up to it. The modes that train on whole images, ``none`` and
+    ``scale_width``, then round both sides to a multiple of 4, which the generator needs (the official
+    code does so for ``none``; its ``scale_width`` fails on other sizes).
     """
 
     def prepare(image: np.ndarray) -> np.ndarray:
@@ -31,18 +33,24 @@ def train_prepare(preprocess: str, load_size: int, crop_size: int) -> Callable[[
         if preprocess == "resize_and_crop":
             return image_io.resize(image, load_size, load_size)
         if preprocess in ("scale_width", "scale_width_and_crop"):
-            if w == load_size and h >= crop_size:
-                return image
-            return image_io.resize(image, max(int(load_size * h / w), crop_size), load_size)
+            out = (max(int(load_size * h / w), crop_size), load_size)
+            if preprocess == "scale_width":  # trained whole: the generator needs multiples of 4
+                out = (_multiple_of_4(out[0]), _multiple_of_4(out[1]))
+            return image if out == (h, w) else image_io.resize(image, *out)
         if min(h, w) < crop_size:
             scale = crop_size / min(h, w)
             h, w = max(crop_size, round(h * scale)), max(crop_size, round(w * scale))
             image = image_io.resize(image, h, w)
         if preprocess == "none":
-            return image_io.resize(image, max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
+            return image_io.resize(image, _multiple_of_4(h), _multiple_of_4(w))
         return image
 
     return prepare
+
+
+def _multiple_of_4(n: int) -> int:
+    """The nearest multiple of 4 (at least 4), as the official ``__make_power_2(img, base=4)``."""
+    return max(4, round(n / 4) * 4)
 
 
 def test_prepare(crop_size: int) -> Callable[[np.ndarray], np.ndarray]:
