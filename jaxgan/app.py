@@ -128,6 +128,8 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
     path = pathlib.Path(checkpoint_dir).absolute()
     if not path.is_dir():
         raise AppError(f"Checkpoint directory {path} does not exist.")
+    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+        raise AppError(f"{path} is a training run: give it as --workdir {path}.")
     try:
         params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one clear message
@@ -317,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_size < 0:
         parser.error("--max_size must be >= 0 (0: no cap)")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
     try:
         import gradio  # noqa: F401 - the optional extra; checked before the model loads
     except ImportError:

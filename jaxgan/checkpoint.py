@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgan import failed_reads
+
 PyTree = Any
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,7 @@ class Checkpointer:
         devices restore on M devices.
         """
         abstract = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
+        failed_reads.quiet()  # a damaged checkpoint: its warning, not TensorStore's echoes
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except ValueError as e:  # a structure mismatch: perhaps only the EMA group differs

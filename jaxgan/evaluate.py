@@ -243,14 +243,35 @@ def _main_workdir(args: argparse.Namespace) -> int:
         print(f"noise floor (two halves of a test split, {base['noise_floor/n']} images each): "
               f"FID {base['noise_floor/fid']:.2f} KID {base['noise_floor/kid']:.4f}")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        try:
+            _write_json(args.json, result)
+        except EvaluationError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0 if (result["fid_available"] or any("AtoB/l1" in r for r in result["checkpoints"])) else 1
 
 
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    from jaxgan import output_files
+
+    text = json.dumps(data, indent=2, sort_keys=True)
+    output_files.write_atomically(path, lambda tmp: tmp.write_text(text), EvaluationError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from jaxgan import output_files
+
     parser = _parser()
     args = parser.parse_args(argv)
+    for flag, value, least in (("--batch_size", args.batch_size, 1), ("--kid_subsets", args.kid_subsets, 1),
+                               ("--kid_subset_size", args.kid_subset_size, 2)):  # fmt: skip
+        if value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
+    if args.json:  # checked before minutes of work, not after
+        try:
+            output_files.writable_folder(os.path.dirname(os.path.abspath(args.json)), EvaluationError)
+        except EvaluationError as e:
+            parser.error(f"--json: {e}")
     if args.workdir:
         return _main_workdir(args)
     if bool(args.fake) == bool(args.checkpoint):
@@ -309,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"L1 {results['l1']:.4f}  (after 4x downsampling: {results['l1_down4']:.4f})")
     print(json.dumps(results, sort_keys=True))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+        try:
+            _write_json(args.json, results)
+        except EvaluationError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgan import output_files
+
 PyTree = Any
 FORMATS = ("onnx", "stablehlo", "pth")
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -48,9 +50,7 @@ class ExportError(ValueError):
 
 
 def _write_atomically(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    output_files.write_atomically(path, lambda tmp: tmp.write_bytes(data), ExportError)
 
 
 def export_onnx(params: PyTree, path: str | os.PathLike) -> None:
@@ -107,7 +107,7 @@ def export_stablehlo(
         "model": {k: model_cfg.get(k) for k in ("ngf", "n_blocks", "norm_affine")},
         "jax_version": jax.__version__,
     }
-    path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2))
+    _write_atomically(path.with_name(path.name + ".json"), json.dumps(meta, indent=2).encode())
     return meta
 
 
@@ -151,10 +151,14 @@ def export_pth(params: PyTree, path: str | os.PathLike) -> None:
     except ImportError as e:
         raise ExportError("the .pth format needs torch: pip install 'jaxgan[torch]' (a CPU build is enough)") from e
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in interop.flax_generator_to_torch(params).items()}
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: pathlib.Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's for a file it cannot open or finish
+            raise OSError(str(e).splitlines()[0]) from e
+
+    output_files.write_atomically(path, write, ExportError)
 
 
 def verify(fmt: str, path: str | os.PathLike, model_cfg: dict, params: PyTree) -> float:
@@ -189,10 +193,7 @@ def export(fmt: str, model_cfg: dict, params: PyTree, output: str | os.PathLike)
     output = pathlib.Path(output)
     if output.is_dir():
         raise ExportError(f"--output {output} is a folder; give a file name, e.g. {output / ('model.' + fmt)}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create {output.parent}: {e.strerror or e}") from e
+    output_files.writable_folder(output.parent, ExportError)
     if fmt == "onnx":
         export_onnx(params, output)
     elif fmt == "stablehlo":

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgan import failed_reads, output_files
+
 PyTree = Any
 
 DIRECTIONS = {"AtoB": "g_ab", "BtoA": "g_ba"}
@@ -77,6 +79,8 @@ def save_generators_checkpoint(
         if not os.path.isdir(path) or os.listdir(path):
             raise GeneratorCheckpointError(f"output {path} already exists and is not an empty directory")
         os.rmdir(path)
+    # Orbax writes PATH.orbax-checkpoint-tmp beside it: an unwritable place fails here, not in its threads.
+    output_files.writable_folder(os.path.dirname(path), GeneratorCheckpointError)
     cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
     tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
     with ocp.StandardCheckpointer() as ckptr:
@@ -98,6 +102,7 @@ def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, 
 
     path = os.path.abspath(os.fspath(output_dir))
     model_cfg = load_model_config(path)
+    failed_reads.quiet()
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(path)
     params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}

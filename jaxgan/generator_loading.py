@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxgan import checkpoint, models, train
+from jaxgan import checkpoint, failed_reads, models, train
 from jaxgan.generator_checkpoint import (  # DIRECTIONS["AtoB"] = "g_ab"
     DEFAULT_MODEL_CONFIG,
     DIRECTIONS,
@@ -105,13 +105,17 @@ def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree
     return restored[group][name]
 
 
-def _run_config(workdir: pathlib.Path) -> dict[str, Any]:
+def run_config(workdir: str | pathlib.Path) -> dict[str, Any]:
     """A training run's saved config (``config.json``, with its ``model`` section); ``GeneratorLoadError`` if none."""
+    workdir = pathlib.Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     try:
         saved = checkpoint.load_config(workdir)
     except (OSError, ValueError) as e:
         raise GeneratorLoadError(f"{workdir}/config.json cannot be read: {e}") from e
+    if saved is not None and not ckpt_dir.is_dir() and set(saved) == {"model"}:
+        raise GeneratorLoadError(f"{workdir} is a generator checkpoint, not a training run: give it as "
+                                 f"--checkpoint {workdir}")  # fmt: skip
     if saved is None or not ckpt_dir.is_dir():
         raise GeneratorLoadError(f"No training run in {workdir}: expected {workdir}/config.json and {ckpt_dir}/.")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
@@ -128,10 +132,11 @@ def load_generator_from_run(
     weights, and the fourth value says ``"raw"``) or ``"raw"``.
     """
     _check_direction(direction)
+    failed_reads.quiet()  # a damaged checkpoint: one line (or the fallback), not TensorStore's echoes
     if weights not in WEIGHTS:
         raise GeneratorLoadError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
     workdir = pathlib.Path(workdir).absolute()  # Orbax refuses relative paths
-    saved = _run_config(workdir)
+    saved = run_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "default").is_dir())
     if step is not None:
@@ -165,7 +170,7 @@ def load(
         raise GeneratorLoadError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
     if workdir:
         generator, params, step, used = load_generator_from_run(workdir, direction, weights=weights)
-        model_cfg = {**DEFAULT_MODEL_CONFIG, **_run_config(pathlib.Path(workdir).absolute())["model"]}
+        model_cfg = {**DEFAULT_MODEL_CONFIG, **run_config(pathlib.Path(workdir).absolute())["model"]}
         return LoadedGenerator(generator, params, model_cfg, f"the {used} weights of step {step} of {workdir}")
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():

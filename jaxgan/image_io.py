@@ -110,17 +110,18 @@ def to_uint8(images: ArrayLike) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes one image; the format follows the file extension.
+def save_image(path: str | os.PathLike, image: np.ndarray, image_format: str | None = None) -> None:
+    """Writes one image; the format follows the file extension unless ``image_format`` (e.g. "PNG") is given.
 
     Args:
       path: where to write (its folder must exist).
       image: uint8[H, W, 3], or float[H, W, 3] in [-1, 1] (converted with :func:`to_uint8`).
+      image_format: Pillow's format name, for a path without the usual extension (a ``.part`` file).
     """
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = to_uint8(array)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, format=image_format)
 
 
 def is_image_file(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:

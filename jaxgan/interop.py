@@ -43,6 +43,10 @@ class InteropError(ValueError):
     """A state dict that does not match the official architecture (a missing key, a shape, an extra key)."""
 
 
+class UnreadableFileError(InteropError):
+    """A file that ``torch.load`` cannot read as a state dict (truncated, not a torch file, a pickled module)."""
+
+
 # ---------------------------------------------------------------------------
 # State-dict hygiene
 
@@ -290,7 +294,14 @@ def load_torch_state_dict(path: str | os.PathLike) -> StateDict:
         raise ImportError(
             "reading a PyTorch .pth file needs torch: pip install 'jaxgan[torch]' (a CPU build is enough)"
         ) from e
-    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated zip, a pickle, a module
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UnreadableFileError(
+            f"{path} is not a readable PyTorch state dict: {reason} (a truncated download, or a whole pickled "
+            "model: save model.state_dict() instead)"
+        ) from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from jaxgan import generator_checkpoint, interop
+from jaxgan import generator_checkpoint, interop, output_files
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/jaxgan/pretrained")
@@ -78,8 +78,13 @@ class PretrainedError(RuntimeError):
 
 
 def model_url(name: str, base_url: str | None = None) -> str:
-    """``BASE/NAME.pth``; ``BASE`` is ``base_url``, else ``$JAXGAN_PRETRAINED_URL``, else the official server."""
+    """``BASE/NAME.pth``; ``BASE`` is ``base_url``, else ``$JAXGAN_PRETRAINED_URL``, else the official server.
+
+    A ``BASE`` without a scheme is a local folder (a mirror on a shared disk): it becomes a ``file://`` URL.
+    """
     base = base_url or os.environ.get("JAXGAN_PRETRAINED_URL") or DEFAULT_BASE_URL
+    if "://" not in base:
+        base = pathlib.Path(base).expanduser().absolute().as_uri()
     return f"{base.rstrip('/')}/{name}.pth"
 
 
@@ -183,13 +188,12 @@ def _check_download(name: str, url: str, part: pathlib.Path) -> None:
     else:
         try:
             _convert(part)
+        except interop.UnreadableFileError as e:
+            problem = f"cannot be read by torch: truncated or corrupt ({e})"
         except interop.InteropError as e:
             problem = f"is not an official CycleGAN ResNet generator ({e})"
         except ImportError as e:  # a broken torch install: keep the download for the next run
             raise PretrainedError(f"{e} (the download is kept in {part})") from e
-        except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated zip or pickle
-            first_line = (str(e).splitlines() or [""])[0][:200]
-            problem = f"cannot be read by torch: truncated or corrupt ({type(e).__name__}: {first_line})"
     if problem:
         part.unlink(missing_ok=True)
         raise PretrainedError(
@@ -224,7 +228,7 @@ def download(
         return final
     if importlib.util.find_spec("torch") is None:  # before a 45 MB download that could not be read
         raise PretrainedError("reading the official .pth files needs torch: pip install 'jaxgan[torch]'")
-    cache.mkdir(parents=True, exist_ok=True)
+    output_files.writable_folder(cache, PretrainedError)
     url = model_url(name, base_url)
     part = final.with_name(final.name + ".part")
     with open(cache / f".{name}.lock", "w") as lock:
@@ -291,6 +295,7 @@ def fetch(
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PretrainedError(f"output {out} already exists and holds something else; give a new directory")
+    output_files.writable_folder(out.parent, PretrainedError)  # before any download
     generators, infos, configs = {}, {}, []
     for direction, model in names.items():
         pth = download(model, base_url, cache, progress)
@@ -303,13 +308,14 @@ def fetch(
                             "sha256": _sha256(pth), "direction": direction}  # fmt: skip
     if any(c != configs[0] for c in configs):
         raise PretrainedError(f"{' and '.join(names.values())} differ in architecture; fetch them separately")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:  # convert next to ``out``, then rename: ``out`` is either absent or complete
         generator_checkpoint.save_generators_checkpoint(generators, configs[0], tmp)
         with open(tmp / PRETRAINED_FILE, "w") as f:
             json.dump({**infos["AtoB"], "reverse": infos.get("BtoA")}, f, indent=2)
         os.replace(tmp, out)
+    except (OSError, generator_checkpoint.GeneratorCheckpointError) as e:
+        raise PretrainedError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import checkpoint, evaluate, image_io, inception, inception_weights, input_pipeline, translate
-from jaxgan.generator_loading import load_generator_from_run
+from jaxgan import evaluate, image_io, inception, inception_weights, input_pipeline, translate
+from jaxgan.generator_loading import load_generator_from_run, run_config
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 
@@ -37,9 +37,7 @@ class RunEvaluator:
 
     def __init__(self, workdir: str | pathlib.Path, inception_params: Any | None = None, batch_size: int = 20):
         self.workdir = pathlib.Path(workdir).absolute()
-        saved = checkpoint.load_config(self.workdir)
-        if saved is None:
-            raise evaluate.EvaluationError(f"No training run in {self.workdir} (no config.json).")
+        saved = run_config(self.workdir)  # GeneratorLoadError where there is no run
         import ml_collections
 
         self.config = ml_collections.ConfigDict(saved)

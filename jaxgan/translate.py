@@ -19,7 +19,6 @@ import argparse
 import functools
 import pathlib
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan import conv_forms, cpu_memory, generator_loading, global_norm, image_io, models, tiling
+from jaxgan import conv_forms, cpu_memory, generator_loading, global_norm, image_io, models, output_files, tiling
 
 PyTree = Any
 
@@ -145,13 +144,7 @@ def prepare_output(output: str | pathlib.Path) -> pathlib.Path:
     output = pathlib.Path(output)
     if output.exists() and not output.is_dir():
         raise TranslateError(f"--output {output} is a file; give a folder (it is created if missing).")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as e:
-        raise TranslateError(f"Cannot write into the output folder {output}: {e.strerror or e}.") from e
-    return output
+    return output_files.writable_folder(output, TranslateError)
 
 
 def _destinations(
@@ -176,6 +169,7 @@ def _destinations(
 
 NORM_STATS = ("global", "tile")  # the first is the default
 TILE, OVERLAP = 512, 64  # default tile side and overlap, in pixels (the command line's and jaxgan.app's)
+MIN_TILE = 64  # smaller tiles see too little context: the generator's output turns to noise
 
 
 def translate_image(
@@ -201,6 +195,10 @@ def translate_image(
         return np.asarray(_apply(generator, params, cpu_memory.settle(jnp.asarray(tiles)), stats))
 
     return tiling.translate_tiled(apply, image, tile, overlap, batch_size=2)
+
+
+def _save_png(path: pathlib.Path, image: np.ndarray) -> None:
+    image_io.save_image(path, image, "PNG")
 
 
 def translate_files(
@@ -238,9 +236,9 @@ def translate_files(
         else:
             outs = generate(generator, params, images, batch_size)
         for path, out in zip(paths, outs, strict=True):
-            dest = dests[path]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            image_io.save_image(dest, image_io.to_uint8(out))
+            dest, image = dests[path], image_io.to_uint8(out)
+            output_files.writable_folder(dest.parent, TranslateError)
+            output_files.write_atomically(dest, functools.partial(_save_png, image=image), TranslateError)
             written.append(dest)
     return written
 
@@ -250,7 +248,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxgan.translate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", help="a training run directory (uses its newest checkpoint)")
     parser.add_argument("--checkpoint", help="a generator checkpoint written by `python -m jaxgan.interop`")
-    parser.add_argument("--direction", default="AtoB", help="AtoB (G) or BtoA (F)")
+    parser.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="AtoB (G) or BtoA (F)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the translated images")
     parser.add_argument("--batch_size", type=int, default=8)
@@ -282,8 +280,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         help="first shrink images whose longer side exceeds this (0: never); outputs keep that size",
     )
     args = parser.parse_args(argv)
-    if args.tile and (args.tile % 4 or args.tile <= args.overlap or args.overlap < 0):
-        parser.error("--tile must be a multiple of 4 and larger than --overlap (>= 0), or 0")
+    if args.tile and (args.tile % 4 or args.tile < MIN_TILE or args.tile <= args.overlap or args.overlap < 0):
+        parser.error(f"--tile must be a multiple of 4, at least {MIN_TILE} and larger than --overlap (>= 0), or 0")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.max_size < 0 or 0 < args.max_size < 16:

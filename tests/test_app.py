@@ -186,6 +186,13 @@ def test_command_line_errors_exit_2_before_the_page_starts(tmp_path, capsys, mon
     (tmp_path / "empty").mkdir()
     assert app.main(["--checkpoint", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: Cannot read a generator checkpoint")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert app.main(["--checkpoint", str(tmp_path / "run")]) == 2
+    assert f"is a training run: give it as --workdir {tmp_path / 'run'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        app.main(["--workdir", str(tmp_path), "--port", "99999"])
+    assert e.value.code == 2 and "--port must be in 1..65535" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

@@ -168,7 +168,9 @@ def test_cli_errors_are_one_line(run, tmp_path):
         "is a folder": ["--workdir", str(run), "--format", "onnx", "--output", str(tmp_path)],
         "No training run": ["--workdir", str(tmp_path / "nothing"), "--format", "onnx", "--output", "x.onnx"],
         "does not exist": ["--checkpoint", str(tmp_path / "nothing"), "--format", "pth", "--output", "x.pth"],
+        "is a file, not a folder": ["--workdir", str(run), "--format", "onnx", "--output", str(tmp_path / "f" / "m")],
     }
+    (tmp_path / "f").write_text("a file where a folder is needed")
     for message, args in cases.items():
         proc = _cli(*args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -48,6 +48,8 @@ def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(t
     assert load_generator("BtoA", checkpoint_dir=path)[0] == generator
     with pytest.raises(GeneratorLoadError, match=r"holds a generator for \['BtoA'\], not AtoB"):
         load_generator("AtoB", checkpoint_dir=path)
+    with pytest.raises(GeneratorLoadError, match="is a generator checkpoint, not a training run: give it as --checkp"):
+        load_generator("BtoA", workdir=path)
 
 
 @pytest.mark.parametrize(

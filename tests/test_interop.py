@@ -273,3 +273,16 @@ def test_cli_converts_pth_to_checkpoint(torch_replica, tmp_path, capsys):
     # An output folder that holds something: refused with a message, the folder left as it was.
     assert interop.main(["--pth", str(pth), "--output", str(tmp_path / "out")]) == 1
     assert "already exists" in capsys.readouterr().err and (tmp_path / "out" / "config.json").is_file()
+    # An output below a file: one line, at once (Orbax's writer threads used to leave the process hanging).
+    (tmp_path / "afile").write_text("x")
+    assert interop.main(["--pth", str(pth), "--output", str(tmp_path / "afile" / "ck")]) == 1
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    # Files torch cannot read as a state dict: random bytes, a cut download, a pickled module.
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    (tmp_path / "cut.pth").write_bytes(pth.read_bytes()[:5000])
+    torch.save(torch.nn.Conv2d(3, 3, 3), tmp_path / "module.pth")
+    for name in ("noise.pth", "cut.pth", "module.pth"):
+        assert interop.main(["--pth", str(tmp_path / name), "--output", str(tmp_path / f"o_{name}")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name} is not a readable PyTorch state dict"), err
+        assert "weights_only set to False" not in err and not (tmp_path / f"o_{name}").exists()

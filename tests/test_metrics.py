@@ -183,6 +183,12 @@ def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
     # FID requested with no weights and nothing else to report: an error naming the extra.
     assert evaluate.main(["--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real")]) == 1
     assert "jaxgan[fid]" in capsys.readouterr().err
+    # Bad numbers and a --json that cannot be written: usage errors (exit 2) before any image is read.
+    (tmp_path / "afile").write_text("x")
+    for extra in (["--kid_subsets", "0"], ["--batch_size", "0"], ["--json", str(tmp_path / "afile" / "r.json")]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main([*args, *extra])
+        assert e.value.code == 2 and extra[0] in capsys.readouterr().err
     # An unreadable image: a one-line error naming it.
     (tmp_path / "fake" / "003.png").write_bytes(b"not a png")
     assert evaluate.main(args) == 1

@@ -286,3 +286,18 @@ def test_unreachable_server_names_the_url_and_the_manual_way(nets, tmp_path, cap
     assert f"cannot reach {url}/style_vangogh.pth" in err and "Traceback" not in err
     assert "python -m jaxgan.interop --pth style_vangogh.pth --direction AtoB --output DIR" in err
     assert not list(tmp_path.glob("style_vangogh*"))
+    # An --output that cannot be written fails before any transfer (the same unreachable server).
+    (tmp_path / "afile").write_text("x")
+    assert pretrained.main([*argv, "--output", str(tmp_path / "afile" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in err and "cannot reach" not in err
+
+
+def test_a_local_folder_as_base_url_is_a_file_url(nets, tmp_path):
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "horse2zebra.pth").write_bytes(nets["horse2zebra"][1])
+    assert pretrained.model_url("horse2zebra", str(tmp_path / "mirror")) == (
+        (tmp_path / "mirror").as_uri() + "/horse2zebra.pth"
+    )
+    out = pretrained.fetch("horse2zebra", base_url=str(tmp_path / "mirror"), cache_dir=tmp_path / "cache")
+    assert (out / "config.json").is_file()

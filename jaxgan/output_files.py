@@ -1,0 +1,53 @@
+"""Writing what the command lines produce: a folder checked before the work, files that are whole or absent.
+
+A command that will write somewhere checks first (:func:`writable_folder`), so that a read-only or
+mistyped destination fails in a second, not after minutes of work; each file is written beside its
+destination and renamed into place (:func:`write_atomically`), so that a full disk leaves no
+truncated file behind. Failures raise the caller's own error class with the path and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def writable_folder(folder: str | os.PathLike, error: type[Exception] = OSError) -> pathlib.Path:
+    """Create ``folder`` (and its parents) if needed and check that a file can be created in it.
+
+    Raises ``error`` naming the folder, and the part of its path that is a file where that is the reason.
+    """
+    folder = pathlib.Path(folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise error(f"cannot write into {folder}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise error(f"cannot write into {folder}: {_reason(e)}") from e
+    return folder
+
+
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[pathlib.Path], None], error: type[Exception] = OSError
+) -> None:
+    """``write(tmp)`` to ``PATH.part``, then rename it to ``path``; on failure remove the part and raise ``error``."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise error(f"cannot write {path}: {_reason(e)}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
