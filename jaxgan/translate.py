@@ -290,9 +290,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     skipped: list[str] = []
     try:
         # A bad output, a missing input or an input the output would overwrite fail before the generator loads.
-        output = prepare_output(args.output)
         inputs = pathlib.Path(args.input)
-        _destinations(_collect_inputs(inputs), inputs if inputs.is_dir() else inputs.parent, output)
+        files = _collect_inputs(inputs)  # a missing input leaves no output folder behind
+        _destinations(files, inputs if inputs.is_dir() else inputs.parent, prepare_output(args.output))
         # Its source names the step and weights used: a newer checkpoint may have been unreadable.
         generator, params, _, source = generator_loading.load(args.direction, args.workdir, args.checkpoint,
                                                               args.weights)  # fmt: skip

@@ -243,6 +243,8 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     assert missing.returncode == 2 and "No training run" in missing.stderr and "Traceback" not in missing.stderr
     bad = run("--workdir", str(workdir), "--input", str(src / "notes.txt"), "--output", str(tmp_path / "o4"))
     assert bad.returncode == 2 and "notes.txt" in bad.stderr and "Traceback" not in bad.stderr
+    gone = run("--workdir", str(workdir), "--input", str(src / "gone.jpg"), "--output", str(tmp_path / "o6" / "x"))
+    assert gone.returncode == 2 and "does not exist" in gone.stderr and not (tmp_path / "o6").exists()
     as_ckpt = run("--checkpoint", str(workdir), "--input", str(src), "--output", str(tmp_path / "o5"))
     assert as_ckpt.returncode == 2 and f"give it as --workdir {workdir}" in as_ckpt.stderr, as_ckpt.stderr
     # A config.json that does not match the checkpoints: a short error, not pages of asynchronous tracebacks.
