@@ -328,7 +328,7 @@ def test_translate_cli_bad_outputs_and_a_folder_with_bad_files(tmp_path, uninter
     in_place = run("--input", str(src), "--output", str(src))  # PNG inputs would be overwritten
     assert in_place.returncode == 2 and "would overwrite the input" in in_place.stderr, in_place.stderr
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    for flag, value in (("--batch_size", "0"), ("--batch_size", "-1"), ("--max_size", "-100")):
+    for flag, value in (("--batch_size", "0"), ("--batch_size", "-1"), ("--max_size", "-100"), ("--tile", "16")):
         bad = run("--input", str(src), "--output", str(tmp_path / "out2"), flag, value)
         assert bad.returncode == 2 and flag in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
