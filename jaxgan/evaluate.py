@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxgan import image_io, inception, inception_weights, metrics
 
-IMAGE_EXTENSIONS = (*image_io.IMAGE_EXTENSIONS, ".tif", ".tiff")  # the training formats, and TIFF
+IMAGE_EXTENSIONS = image_io.IMAGE_EXTENSIONS
 
 
 class EvaluationError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # the official ones but PPM, and WebP
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 

@@ -88,7 +88,8 @@ def _collect_inputs(path: pathlib.Path) -> list[pathlib.Path]:
         and not any(q.startswith(".") for q in p.relative_to(path).parts)  # hidden below the input only
     )
     if not files:
-        raise TranslateError(f"No images (jpg, jpeg, png, bmp, webp) found under {path}.")
+        kinds = ", ".join(e.lstrip(".") for e in image_io.IMAGE_EXTENSIONS)
+        raise TranslateError(f"No images ({kinds}) found under {path}.")
     return files
 
 

@@ -25,8 +25,8 @@ def test_image_file_names_skip_hidden_files_and_other_extensions():
     assert image_io.is_image_file("a/b/horse.JPG") and image_io.is_image_file("x.webp")
     assert not image_io.is_image_file("._horse.jpg")  # macOS resource fork
     assert not image_io.is_image_file("dir/.hidden.png") and not image_io.is_image_file("notes.txt")
-    assert not image_io.is_image_file("scan.tif")  # training data: not among IMAGE_EXTENSIONS
-    assert image_io.is_image_file("scan.TIFF", (".tif", ".tiff")) and not image_io.is_image_file("._s.tif", (".tif",))
+    assert image_io.is_image_file("scan.TIFF") and not image_io.is_image_file("._s.tif")  # as the official list
+    assert not image_io.is_image_file("scan.tif", (".png",))
 
 
 def test_save_image_writes_floats_as_uint8(tmp_path):

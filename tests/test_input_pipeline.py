@@ -320,16 +320,18 @@ def test_linked_folders_are_read_once_and_pipes_and_other_files_are_counted(tmp_
     os.symlink("../more", tmp_path / "trainB" / "more_again")
     os.mkfifo(tmp_path / "trainB" / "pipe.jpg")  # opening it would block for ever
     (tmp_path / "trainB" / "notes.txt").write_text("x")
-    (tmp_path / "trainB" / "scan.TIF").write_bytes(b"II*\0")
+    Image.fromarray(pattern(9)).save(tmp_path / "trainB" / "scan.TIF", format="TIFF")  # read, as the official code
+    (tmp_path / "trainB" / "layers.psd").write_bytes(b"8BPS")
     (tmp_path / "trainB" / ".DS_Store").write_bytes(b"\0")
     with caplog.at_level(logging.INFO, logger="jaxgan.data"):
         stream = input_pipeline.create_train_stream(make_config(f"folder:{root}"))
-    assert stream.steps_per_epoch == 4  # max(4, 3 + 1): each real image once
+    assert stream.steps_per_epoch == 5  # max(4, 3 + 1 + 1): each real image once
     source = sources.make_source(make_config(f"folder:{root}"))
     assert [source.name("trainB", i) for i in range(source.count("trainB"))] == [
-        "img_000.png", "img_001.png", "img_002.png", "more/extra.png"]  # fmt: skip
+        "img_000.png", "img_001.png", "img_002.png", "more/extra.png", "scan.TIF"]  # fmt: skip
     assert source.count("trainA") == 4
-    assert "3 other files ignored (.jpg, .tif, .txt)" in caplog.text  # the pipe, the TIFF, the notes
+    assert "3 other files ignored (.jpg, .psd, .txt)" in caplog.text  # the pipe, the Photoshop file, the notes
+    assert "Skipped" not in caplog.text  # the TIFF was read
 
 
 @pytest.mark.parametrize("dataset", ["horse2zebra", "folder:", "tfds:", "imagenet:x", ""])
