@@ -5,7 +5,8 @@ it in one line (or falls back to an older checkpoint) and closes the event loop 
 still completes the checkpoint's other reads on its own threads; each completion then tries to wake the
 closed loop and raises ``RuntimeError("Event loop is closed")``, which Python prints through
 ``sys.unraisablehook``: hundreds of tracebacks for one damaged checkpoint, some after the command has
-finished. asyncio also logs the failed read once more ("Task exception was never retrieved").
+finished. asyncio also logs the failed read once more ("Task exception was never retrieved"), and at exit
+Python warns about Orbax's coroutines that the abandoned read never awaited.
 
 :func:`quiet` drops exactly these echoes, for the rest of the process; every other unraisable exception
 and asyncio message passes unchanged. The readers of checkpoints call it before they read.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 
 _lock = threading.Lock()
 _installed = False
@@ -48,3 +50,5 @@ def quiet() -> None:
 
         sys.unraisablehook = hook
         logging.getLogger("asyncio").addFilter(_UnretrievedReadFilter())
+        # jaxgan itself awaits nothing: a coroutine never awaited here is one of an abandoned Orbax read.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
