@@ -44,11 +44,18 @@ SHAPE_FIELDS = (
     "model.norm_affine",
     "pool_size",
     "crop_size",
+    "image_shape",
 )
+_FIELD_NOTES = {"image_shape": " (the training images' size, which sizes the image pools: crop_size when cropping, "
+                               "the images' own size with preprocess none or scale_width)"}  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, with the reason and what to do."""
+
+
+class ShapeMismatchError(CheckpointError):
+    """A checkpoint whose arrays have other shapes than the config asks for: another model, not a damaged file."""
 
 
 def _get(config: dict, dotted: str) -> Any:
@@ -84,6 +91,38 @@ def load_config(workdir: str | pathlib.Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def check_stored_shapes(path: str | pathlib.Path, target: PyTree, at: tuple[str, ...] = ()) -> None:
+    """:class:`ShapeMismatchError` naming the first array whose shape in the checkpoint at ``path`` differs
+    from ``target``'s (``at``: the keys of ``target`` within the checkpoint's tree).
+
+    Read from the checkpoint's metadata before any array: a restore that fails on shapes leaves Orbax's
+    asynchronous readers to print pages of tracebacks. Where the metadata cannot be read, or a leaf has no
+    counterpart, the restore itself decides.
+    """
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns about the step-level metadata file it does not need here
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = getattr(ckptr.metadata(pathlib.Path(path).absolute()), "item_metadata", None)
+        for key in at:
+            tree = tree[key]
+        stored = {jax.tree_util.keystr(k): tuple(m.shape) for k, m in jax.tree_util.tree_leaves_with_path(
+            tree, is_leaf=lambda m: hasattr(m, "shape"))}  # fmt: skip
+    except Exception:  # noqa: BLE001 - no readable metadata: the restore reports what is wrong
+        return
+    finally:
+        absl_log.setLevel(level)
+    for key, want in jax.tree_util.tree_leaves_with_path(target):
+        have = stored.get(jax.tree_util.keystr(key))
+        if have is not None and have != tuple(want.shape):
+            raise ShapeMismatchError(
+                f"{''.join(f'[{k!r}]' for k in at)}{jax.tree_util.keystr(key)} is {have} in the checkpoint at "
+                f"{path} but {tuple(want.shape)} for this config: the checkpoint belongs to another model or image "
+                "size. Resume with the settings the run was trained with, or start a new --workdir."
+            )
+
+
 def has_checkpoints(workdir: str | pathlib.Path) -> bool:
     """Whether ``WORKDIR/checkpoints`` holds a step folder (a run's ``config.json`` alone binds nothing)."""
     folder = pathlib.Path(workdir) / "checkpoints"
@@ -94,9 +133,9 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict | dict) -> N
     """Raise :class:`CheckpointError` naming every shape-relevant field that differs."""
     current = config_to_dict(config)
     diffs = [
-        f"{f}: checkpoint has {_get(saved, f)!r}, config has {_get(current, f)!r}"
+        f"{f}: checkpoint has {_get(saved, f)!r}, config has {_get(current, f)!r}{_FIELD_NOTES.get(f, '')}"
         for f in SHAPE_FIELDS
-        if _get(saved, f) != _get(current, f)
+        if _get(saved, f) is not None and _get(saved, f) != _get(current, f)  # absent: a run of an older version
     ]
     if diffs:
         raise CheckpointError(
@@ -113,12 +152,13 @@ class Checkpointer:
     unless ``async_save=False``; all processes must call :meth:`save` and :meth:`restore_latest` together.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True, cleanup: bool = True):
+        """``cleanup``: remove what a killed save left behind (a reader beside a live run must not)."""
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
-            cleanup_tmp_directories=True,  # drop what a killed save left behind
+            cleanup_tmp_directories=cleanup,
             enable_async_checkpointing=async_save,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -180,6 +220,7 @@ class Checkpointer:
         """
         abstract = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
         failed_reads.quiet()  # a damaged checkpoint: its warning, not TensorStore's echoes
+        check_stored_shapes(self.directory / str(step) / "default", abstract)
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except ValueError as e:  # a structure mismatch: perhaps only the EMA group differs
@@ -218,10 +259,17 @@ class Checkpointer:
         is tried; if none can be read, :class:`CheckpointError` is raised.
         """
         steps = self.all_steps()
+        incomplete = [s for s in steps if not (self.directory / str(s) / "default").is_dir()]
+        if incomplete:  # an empty or half-copied step folder: nothing to read, and it confuses Orbax's layout
+            log.warning("Checkpoint folder(s) %s in %s hold no checkpoint.", incomplete, self.directory)
+            self._set_aside(incomplete)
+            steps = self.all_steps()
         failures, unreadable = [], []
         for step in reversed(steps):
             try:
                 restored = self.restore(step, target)
+            except ShapeMismatchError:
+                raise  # another model, not a damaged file: the older checkpoints are the same model
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
                 failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
                 unreadable.append(step)

@@ -13,7 +13,6 @@ architecture. Every failure is a :class:`GeneratorLoadError` that says what to g
 
 from __future__ import annotations
 
-import logging
 import pathlib
 from typing import Any, NamedTuple
 
@@ -61,40 +60,12 @@ def make_generator(model_cfg: dict) -> models.ResnetGenerator:
     )
 
 
-def _check_stored_shapes(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> None:
-    """ValueError naming the first parameter whose stored shape differs from ``shapes`` (the run's config.json).
-
-    Read from the checkpoint's metadata before any array: a restore that fails on shapes leaves Orbax's
-    asynchronous readers to print pages of tracebacks at exit. Where the metadata cannot be read, the restore
-    itself decides.
-    """
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)  # Orbax warns about the step-level metadata file it does not need here
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            tree = getattr(ckptr.metadata(path), "item_metadata", None)
-        stored = {jax.tree_util.keystr(k): tuple(m.shape) for k, m in jax.tree_util.tree_leaves_with_path(
-            tree[group][name], is_leaf=lambda m: hasattr(m, "shape"))}  # fmt: skip
-    except Exception:  # noqa: BLE001 - no readable metadata: the restore reports what is wrong
-        return
-    finally:
-        absl_log.setLevel(level)
-    for key, want in jax.tree_util.tree_leaves_with_path(shapes):
-        have = stored.get(jax.tree_util.keystr(key))
-        if have is not None and have != tuple(want.shape):
-            raise ValueError(
-                f"{jax.tree_util.keystr(key)} is {have} in the checkpoint but {tuple(want.shape)} for the run's "
-                "config.json: the two do not belong together"
-            )
-
-
 def _restore_generator(path: pathlib.Path, group: str, name: str, shapes: PyTree) -> PyTree:
     """``state[group][name]`` of one checkpoint (``group``: ``params`` or ``ema``), onto this process's first device.
 
     Explicit shardings: a checkpoint written by N devices (or processes) restores on one.
     """
-    _check_stored_shapes(path, group, name, shapes)
+    checkpoint.check_stored_shapes(path, shapes, at=(group, name))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {group: {name: shapes}}
     restore_args = jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)

@@ -177,13 +177,15 @@ def _train_and_evaluate(
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.has_checkpoints(workdir):  # else a run that never saved: start afresh
         checkpoint.check_compatible(saved, config)
-    if main:
-        checkpoint.save_config(workdir, config)
 
     rng, shardings, target = parallel.state_layout(config, mesh)
     # Synchronous saves where the step reuses its memory (see jaxgan.cpu_memory).
     ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), async_save=not cpu_memory.active())
-    state, start = ckpt.restore_latest(target)
+    try:
+        state, start = ckpt.restore_latest(target)
+    except BaseException:
+        ckpt.close()  # its threads, left running, print their own tracebacks at exit
+        raise
     if state is None:
         state = train.init_train_state(config, rng, shardings)
         start = 0
@@ -191,6 +193,8 @@ def _train_and_evaluate(
     else:
         log.info("Resumed from the checkpoint at step %d in %s", start, ckpt.directory)
         _warn_about_the_schedule(saved, config, start, total_steps)
+    if main:  # only now: a config that does not fit the checkpoints must not replace the one that does
+        checkpoint.save_config(workdir, config)
 
     step_fn = parallel.make_train_step(shardings, mesh)
     sample_fn = results.make_sample_fn(state.config)

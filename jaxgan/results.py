@@ -234,7 +234,8 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
     mesh = parallel.mesh_from_config(config)
     _, _, target = parallel.state_layout(config, mesh)
-    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    # No clean-up of temporary folders: a run may be saving beside this reader.
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), cleanup=False)
     try:
         state, step = ckpt.restore_latest(target)
     finally:

@@ -71,6 +71,34 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     ck.close()
 
 
+def test_empty_and_half_copied_step_folders_are_set_aside(tmp_path, caplog):
+    s = _state()
+    ck = checkpoint.Checkpointer(tmp_path, keep=3)
+    ck.save(1, s)
+    ck.close()
+    (tmp_path / "checkpoints" / "5").mkdir()  # empty
+    (tmp_path / "checkpoints" / "3").mkdir()  # an interrupted copy: the step's files, no data
+    (tmp_path / "checkpoints" / "3" / "commit_success.txt").write_text("x")
+    ck = checkpoint.Checkpointer(tmp_path, keep=3)
+    with caplog.at_level(logging.WARNING):
+        restored, step = ck.restore_latest(s)
+    ck.close()
+    assert step == 1 and "[3, 5]" in caplog.text and "hold no checkpoint" in caplog.text
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "checkpoints_unreadable").iterdir()) == ["3", "5"]
+
+
+def test_another_model_is_named_not_called_unreadable(tmp_path):
+    ck = checkpoint.Checkpointer(tmp_path, keep=3)
+    ck.save(1, _state())
+    ck.save(2, _state())
+    ck.close()
+    ck = checkpoint.Checkpointer(tmp_path, keep=3)
+    with pytest.raises(checkpoint.ShapeMismatchError, match=r"is \(8,\) in the checkpoint at .*2/default but \(16,\)"):
+        ck.restore_latest(_abstract(**{"model.ngf": 16}))
+    ck.close()
+    assert ck.all_steps() == [1, 2] and not (tmp_path / "checkpoints_unreadable").exists()  # nothing set aside
+
+
 def test_config_check_names_every_differing_field(tmp_path):
     saved = tiny_config()
     checkpoint.save_config(tmp_path, saved)
@@ -80,6 +108,17 @@ def test_config_check_names_every_differing_field(tmp_path):
         checkpoint.check_compatible(loaded, tiny_config(**{"model.ngf": 16, "pool_size": 7}))
     msg = str(e.value)
     assert "model.ngf: checkpoint has 8, config has 16" in msg and "pool_size" in msg and "--workdir" in msg
+    sized = tiny_config()
+    sized.image_shape = (40, 48)  # preprocess none: the images' own size sizes the pools
+    checkpoint.save_config(tmp_path, sized)
+    smaller = tiny_config()
+    smaller.image_shape = (32, 32)
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"image_shape: checkpoint has \[40, 48\], config has \[32, 32\]"
+    ):
+        checkpoint.check_compatible(checkpoint.load_config(tmp_path), smaller)
+    checkpoint.check_compatible({k: v for k, v in checkpoint.load_config(tmp_path).items() if k != "image_shape"},
+                                smaller)  # a run of an older version, which did not save it  # fmt: skip
 
 
 def _stepped(**overrides):

@@ -258,6 +258,20 @@ def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted)
     assert "Traceback" not in mismatch.stderr and len(mismatch.stderr.splitlines()) < 20, mismatch.stderr
 
 
+def test_a_config_that_does_not_fit_the_checkpoints_is_refused_and_not_saved(tmp_path, uninterrupted):
+    """config.json lost, another ngf on the command line: the error names the parameter, and the run's
+    config.json is not rewritten with the wrong model (which would then refuse the right one)."""
+    workdir, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("run.lock"))
+    (run_dir / "config.json").unlink()
+    wrong = tiny(num_train_steps=10)
+    wrong.model.ngf = 16
+    with pytest.raises(checkpoint.ShapeMismatchError, match=r"is \(8,\) in the checkpoint .* but \(16,\)"):
+        loop.train_and_evaluate(wrong, run_dir)
+    assert not (run_dir / "config.json").exists() and not (run_dir / "checkpoints_unreadable").exists()
+
+
 def test_a_damaged_checkpoint_is_one_message_not_pages_of_tracebacks(tmp_path, uninterrupted):
     """Data files of a checkpoint gone: translate falls back to the older one, or with none left says so in a
     few lines; the echoes of the failed reads (TensorStore's, hundreds of tracebacks) stay silent."""
