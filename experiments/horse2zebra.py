@@ -13,17 +13,33 @@ under SLURM / on a TPU pod slice, where JAX finds its peers by itself.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/horse2zebra.py", "Experiment config file (file.py or file.py:variant).",
-    lock_config=True,
-)  # fmt: skip
+
+
+def _exit_on_unknown_field(e: AttributeError | KeyError) -> None:
+    """One line (exit 2) for a --config override of a field the config lacks (--config.lrr=1)."""
+    inner = e.args[0] if e.args else e
+    text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+    name, _, hint = str(text).partition("\n")
+    print(f"error: no config field {name} for a --config override{f' ({hint})' if hint else ''}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:  # the default config file is loaded (and the overrides applied) here, at import
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", "experiments/configs/horse2zebra.py", "Experiment config file (file.py or file.py:variant).",
+        lock_config=True,
+    )  # fmt: skip
+except (AttributeError, KeyError) as error:
+    _exit_on_unknown_field(error)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples, results. Rerun to resume.")
 flags.DEFINE_enum("mode", "train", ["train", "results"], "train (and write results), or only write the results page.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
@@ -37,9 +53,37 @@ flags.DEFINE_bool(
 flags.mark_flag_as_required("workdir")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing; an override of a field the config lacks is one line (another --config file's)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        _exit_on_unknown_field(e)
+        raise
+
+
+def _config_or_error() -> tuple[object | None, str | None]:
+    """The loaded config, or the reason it could not be loaded (a missing file, an error inside it)."""
+    config = _CONFIG.value
+    if isinstance(config, ml_collections.ConfigDict):
+        return config, None
+    try:  # config_flags hands over a placeholder that raises the loading error when touched
+        config.to_dict()
+    except Exception as e:  # noqa: BLE001 - any failure to load the config file
+        return None, f"--config {FLAGS['config'].serialize().split('=', 1)[-1]}: {e}"
+    return config, None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not (FLAGS.workdir or "").strip():
+        raise app.UsageError("--workdir is empty: give the run's folder (an unset $WORKDIR, say?)")
+    workdir = os.path.expanduser(FLAGS.workdir)  # "--workdir=~/runs/x" reaches us unexpanded
+    config, problem = _config_or_error()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from jaxgan import cpu_memory, parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -57,9 +101,9 @@ def main(argv: list[str]) -> int:
     try:
         if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply
             overrides = config_flags.get_override_values(FLAGS["config"])
-            results.results_only(results.config_of_run(FLAGS.workdir, _CONFIG.value, overrides), FLAGS.workdir)
+            results.results_only(results.config_of_run(workdir, config, overrides), workdir)
         else:
-            loop.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+            loop.train_and_evaluate(config, workdir)
     except (
         input_pipeline.DataError,
         checkpoint.CheckpointError,
@@ -74,4 +118,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)

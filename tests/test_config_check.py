@@ -1,5 +1,6 @@
 """jaxgan.config_check: every invalid field reported at once, before anything is read or compiled."""
 
+import os
 import subprocess
 import sys
 import time
@@ -82,3 +83,22 @@ def test_the_command_reports_them_before_reading_data(tmp_path):
     assert "4 invalid config fields" in proc.stderr and "Traceback" not in proc.stderr
     assert "/no/such/folder" not in proc.stderr  # the data were not looked at
     assert not (tmp_path / "config.json").exists() and time.perf_counter() - t < 120
+
+
+def test_the_command_refuses_a_missing_config_file_a_misspelled_field_and_an_empty_workdir(tmp_path):
+    def run(*args, cwd=ROOT):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", "experiments.horse2zebra", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    missing = run(f"--workdir={tmp_path / 'a'}", "--config=experiments/configs/nope.py")
+    assert missing.returncode == 2 and "nope.py" in missing.stderr and "No such file" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "a").exists()  # nothing created
+    typo = run(f"--workdir={tmp_path / 'b'}", "--config.lrr=1")
+    assert typo.returncode == 2 and typo.stderr.strip() == (
+        'error: no config field \'lrr\' for a --config override (Did you mean "lr" instead of "lrr"?)'
+    )
+    (tmp_path / "cwd").mkdir()
+    empty = run("--workdir=", cwd=tmp_path / "cwd")  # an unset $WORKDIR in a script
+    assert empty.returncode != 0 and "--workdir is empty" in empty.stderr
+    assert not list((tmp_path / "cwd").iterdir())  # no run written into the current folder
