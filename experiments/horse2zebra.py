@@ -86,7 +86,11 @@ def main(argv: list[str]) -> int:
         return 2
     from jaxgan import cpu_memory, parallel
 
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except parallel.ParallelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if FLAGS.reuse_cpu_memory:  # before any JAX backend exists
         cpu_memory.reuse_step_memory()
 

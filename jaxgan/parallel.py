@@ -16,6 +16,7 @@ so training is the same on any device count (see ``jaxgan.pool``).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from jaxgan import conv_forms, cpu_memory, train
 
 PyTree = Any
 DATA_AXIS = "data"
+log = logging.getLogger(__name__)
 
 
 class ParallelError(ValueError):
@@ -55,6 +57,9 @@ def initialize_distributed(
                 "Multi-process start needs all of --coordinator_address, --num_processes and --process_id "
                 f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})."
             )
+        if not 0 <= process_id < num_processes:
+            raise ParallelError(f"--process_id must be in 0..{num_processes - 1} for --num_processes={num_processes}, "
+                                f"got {process_id}.")  # fmt: skip
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
         )
@@ -110,25 +115,56 @@ def _path_str(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def state_sharding(
-    state: PyTree, mesh: Mesh, partition_rules: Sequence[tuple[str, Sequence[str | None]]] = ()
+def partition_specs(
+    state: PyTree, mesh_shape: dict[str, int], partition_rules: Sequence[tuple[str, Sequence[str | None]]] = ()
 ) -> PyTree:
-    """A ``NamedSharding`` per leaf of ``state``: replicated unless a rule matches its path.
+    """A ``PartitionSpec`` per leaf of ``state``: ``P()`` (replicated) unless a rule matches its path.
 
     Rules are ``(regex, spec)``; the first regex that ``re.search``-es the leaf's
     path (e.g. ``params/g_ab/res_3/conv_0/kernel``, also the matching Adam
-    moments ``opt_state/g_ab/0/mu/res_3/conv_0/kernel``) gives its PartitionSpec.
+    moments ``opt_state/g_ab/0/mu/res_3/conv_0/kernel``) and whose spec has the leaf's rank gives its
+    spec. ``mesh_shape``: axis name -> size. A rule naming an axis the mesh lacks, or splitting a dimension
+    its axes do not divide, is a :class:`ParallelError`; a rule that shards nothing is logged as a warning.
     """
-    compiled = [(re.compile(rx), P(*spec)) for rx, spec in partition_rules]
 
-    def leaf_sharding(path: tuple, leaf: Any) -> NamedSharding:
+    def axes(entry: str | Sequence[str] | None) -> tuple[str, ...]:
+        return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+    compiled = []
+    for rx, spec in partition_rules:
+        unknown = [a for entry in spec for a in axes(entry) if a not in mesh_shape]
+        if unknown:
+            raise ParallelError(f"partition rule {rx!r}: axis {unknown[0]!r} is not in the mesh {dict(mesh_shape)} "
+                                "(config.mesh_axes names the axes).")  # fmt: skip
+        compiled.append((rx, re.compile(rx), P(*spec)))
+    used: collections.Counter = collections.Counter()
+
+    def leaf_spec(path: tuple, leaf: Any) -> P:
         name = _path_str(path)
-        for rx, spec in compiled:
-            if rx.search(name) and len(spec) == np.ndim(leaf):
-                return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, P())
+        for rx, pattern, spec in compiled:
+            if pattern.search(name) and len(spec) == np.ndim(leaf):
+                for dim, entry in zip(np.shape(leaf), spec, strict=True):
+                    ways = int(np.prod([mesh_shape[a] for a in axes(entry)]))
+                    if dim % ways:
+                        raise ParallelError(f"partition rule {rx!r} splits {name} {tuple(np.shape(leaf))} as {spec}: "
+                                            f"its dimension of {dim} does not divide into {ways}.")  # fmt: skip
+                used[rx] += 1
+                return spec
+        return P()
 
-    return jax.tree_util.tree_map_with_path(leaf_sharding, state)
+    specs = jax.tree_util.tree_map_with_path(leaf_spec, state)
+    for rx, _, spec in compiled:
+        if not used[rx]:
+            log.warning("partition rule %r shards nothing: no parameter path matches it with rank %d", rx, len(spec))
+    return specs
+
+
+def state_sharding(
+    state: PyTree, mesh: Mesh, partition_rules: Sequence[tuple[str, Sequence[str | None]]] = ()
+) -> PyTree:
+    """A ``NamedSharding`` per leaf of ``state``, as :func:`partition_specs` lays it out on ``mesh``."""
+    specs = partition_specs(state, dict(mesh.shape), partition_rules)
+    return jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -175,6 +175,24 @@ def test_partition_rules_shard_matching_params_and_their_adam_moments():
         parallel.make_mesh((-1,), ("model",))
 
 
+def test_partition_rules_that_cannot_apply_are_named(caplog):
+    import jax
+    from conftest import tiny_config
+
+    from jaxgan import parallel, train
+
+    abstract = jax.eval_shape(lambda: train.create_train_state(tiny_config(), jax.random.PRNGKey(0)))
+    mesh = parallel.make_mesh((-1, 1), ("data", "model"))
+    with pytest.raises(parallel.ParallelError, match=r"partition rule 'conv': axis 'tensor' is not in the mesh"):
+        parallel.state_sharding(abstract, mesh, (("conv", ("tensor",)),))
+    with caplog.at_level("WARNING", logger="jaxgan.parallel"):
+        parallel.state_sharding(abstract, mesh, ((r"res_\d+/conv_\d/kernel", ("model",)),))  # rank 1: no kernel
+    assert "shards nothing: no parameter path matches it with rank 1" in caplog.text
+    # 2 ways along the generator's last output dimension, of 3 channels (on a mesh of 2 model devices).
+    with pytest.raises(parallel.ParallelError, match=r"conv_out/kernel \(7, 7, 8, 3\).*3 does not divide into 2"):
+        parallel.partition_specs(abstract, {"data": 1, "model": 2}, (("conv_out/kernel", (None, None, None, "model")),))
+
+
 def test_experiment_command_runs_as_two_processes(tmp_path):
     # The user-facing command, two processes x 2 CPU devices: training, cooperative checkpoint, process-0 outputs.
     port = _free_port()
