@@ -115,6 +115,7 @@ def main(argv: list[str]) -> int:
         loop.TrainingDivergedError,
         loop.ConfigError,
         run_lock.RunLockError,
+        results.ResultsError,
     ) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

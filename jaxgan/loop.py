@@ -193,6 +193,9 @@ def _train_and_evaluate(
     else:
         log.info("Resumed from the checkpoint at step %d in %s", start, ckpt.directory)
         _warn_about_the_schedule(saved, config, start, total_steps)
+    if profile and not start < profile[0] <= total_steps:
+        log.warning("profile_steps=%d..%d lies outside the steps this run trains (%d..%d): no profile is written.",
+                    *profile, start + 1, total_steps)  # fmt: skip
     if main:  # only now: a config that does not fit the checkpoints must not replace the one that does
         checkpoint.save_config(workdir, config)
 

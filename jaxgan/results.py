@@ -25,10 +25,24 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgan import checkpoint, config_check, conv_forms, cpu_memory, input_pipeline, parallel, report, train
+from jaxgan import (
+    checkpoint,
+    config_check,
+    conv_forms,
+    cpu_memory,
+    input_pipeline,
+    output_files,
+    parallel,
+    report,
+    train,
+)
 
 log = logging.getLogger("jaxgan.loop")  # the runner's log: results lines appear with its other lines
 PyTree = Any
+
+
+class ResultsError(RuntimeError):
+    """The results page cannot be written (an unwritable run folder)."""
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -230,6 +244,8 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     if saved is None:
         raise checkpoint.CheckpointError(f"No run in {workdir} (no config.json).")
     checkpoint.check_compatible(saved, config)
+    if jax.process_index() == 0:  # before the restore and the translations, not after
+        output_files.writable_folder(workdir / "results", ResultsError)
     config = ml_collections.ConfigDict(config.to_dict())
     config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
     mesh = parallel.mesh_from_config(config)

@@ -399,7 +399,7 @@ def test_training_cli_unknown_flag_and_missing_workdir():
         assert "Traceback" not in p.stderr
 
 
-def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted):
+def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
     (workdir / "results" / "index.html").unlink()
     # The command line's config is the paper's (no --config), with one override: the run's config.json
@@ -417,6 +417,12 @@ def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted):
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
     with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
         results.config_of_run(workdir / "results", paper)
+    # Where the page cannot be written: an error before the restore and the translations.
+    blocked = tmp_path / "blocked"
+    shutil.copytree(workdir, blocked, ignore=shutil.ignore_patterns("run.lock", "results"))
+    (blocked / "results").write_text("a file where the page goes")
+    with pytest.raises(results.ResultsError, match=r"results is a file, not a folder"):
+        results.results_only(config, blocked)
 
 
 def test_summary_log_handles_real_data_without_ground_truth(caplog):
@@ -437,6 +443,16 @@ def test_results_page_reports_fid_and_kid_when_weights_exist(uninterrupted):
     summary = results.results_only(tiny(results_fid=True), workdir)
     assert summary["AtoB/fid"] > 0 and np.isfinite(summary["BtoA/kid"])
     assert "AtoB/fid" in (workdir / "results" / "index.html").read_text()
+
+
+def test_a_profile_range_the_run_does_not_train_is_a_warning(tmp_path, uninterrupted, caplog):
+    workdir, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("run.lock"))
+    with caplog.at_level(logging.WARNING, logger="jaxgan.loop"):  # resumed at its last step, 8
+        loop.train_and_evaluate(tiny(num_train_steps=8, profile_steps="2..3"), run_dir)
+    assert "profile_steps=2..3 lies outside the steps this run trains (9..8)" in caplog.text
+    assert not (run_dir / "profile").exists()
 
 
 def test_profile_steps_parse_and_errors():
