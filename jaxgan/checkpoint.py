@@ -118,8 +118,8 @@ def check_stored_shapes(path: str | pathlib.Path, target: PyTree, at: tuple[str,
         if have is not None and have != tuple(want.shape):
             raise ShapeMismatchError(
                 f"{''.join(f'[{k!r}]' for k in at)}{jax.tree_util.keystr(key)} is {have} in the checkpoint at "
-                f"{path} but {tuple(want.shape)} for this config: the checkpoint belongs to another model or image "
-                "size. Resume with the settings the run was trained with, or start a new --workdir."
+                f"{path} but {tuple(want.shape)} for the config: the two do not belong together (another model "
+                "or image size; train with the run's settings, or in a new --workdir)"
             )
 
 
@@ -129,13 +129,18 @@ def has_checkpoints(workdir: str | pathlib.Path) -> bool:
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
+def _known(value: Any) -> bool:
+    """Absent (a run of an older version) or empty (``image_shape`` before the data set it) is not compared."""
+    return value is not None and value != [] and value != ()
+
+
 def check_compatible(saved: dict, config: ml_collections.ConfigDict | dict) -> None:
     """Raise :class:`CheckpointError` naming every shape-relevant field that differs."""
     current = config_to_dict(config)
     diffs = [
         f"{f}: checkpoint has {_get(saved, f)!r}, config has {_get(current, f)!r}{_FIELD_NOTES.get(f, '')}"
         for f in SHAPE_FIELDS
-        if _get(saved, f) is not None and _get(saved, f) != _get(current, f)  # absent: a run of an older version
+        if _known(_get(saved, f)) and _known(_get(current, f)) and _get(saved, f) != _get(current, f)
     ]
     if diffs:
         raise CheckpointError(

@@ -124,6 +124,8 @@ def load_generator_from_run(
             try:
                 params = _restore_generator(ckpt_dir / str(s) / "default", group, name, shapes)
                 return generator, params, s, "ema" if group == "ema" else "raw"
+            except checkpoint.ShapeMismatchError as e:  # config.json and the checkpoints: every step alike
+                raise GeneratorLoadError(str(e)) from e
             except Exception as e:  # noqa: BLE001 - fall back to the raw weights, then to an older checkpoint
                 errors.append(f"step {s} {group}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     raise GeneratorLoadError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
