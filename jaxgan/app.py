@@ -128,7 +128,7 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
     path = pathlib.Path(checkpoint_dir).absolute()
     if not path.is_dir():
         raise AppError(f"Checkpoint directory {path} does not exist.")
-    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+    if generator_loading.is_training_run(path):
         raise AppError(f"{path} is a training run: give it as --workdir {path}.")
     try:
         params_by_name, model_cfg = generator_checkpoint.load_generator_checkpoint(path)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import image_io, inception, inception_weights, metrics
+from jaxgan import image_io, inception, inception_weights, metrics, output_files
 
 IMAGE_EXTENSIONS = image_io.IMAGE_EXTENSIONS
 
@@ -252,15 +252,11 @@ def _main_workdir(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    from jaxgan import output_files
-
     text = json.dumps(data, indent=2, sort_keys=True)
     output_files.write_atomically(path, lambda tmp: tmp.write_text(text), EvaluationError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxgan import output_files
-
     parser = _parser()
     args = parser.parse_args(argv)
     for flag, value, least in (("--batch_size", args.batch_size, 1), ("--kid_subsets", args.kid_subsets, 1),

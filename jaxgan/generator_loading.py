@@ -44,6 +44,12 @@ class LoadedGenerator(NamedTuple):
     source: str  # for messages: "the ema weights of step 400 of runs/h2z" or "the generator checkpoint ckpt/h2z"
 
 
+def is_training_run(path: str | pathlib.Path) -> bool:
+    """Whether ``path`` looks like a training run's folder (``config.json`` and ``checkpoints/``)."""
+    path = pathlib.Path(path)
+    return (path / "checkpoints").is_dir() and (path / "config.json").is_file()
+
+
 def _check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise GeneratorLoadError(f"--direction must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
@@ -102,6 +108,13 @@ def load_generator_from_run(
     ``weights``: ``"ema"`` (the moving average, where the run keeps one; else the raw
     weights, and the fourth value says ``"raw"``) or ``"raw"``.
     """
+    return _from_run(workdir, direction, step, weights)[:4]
+
+
+def _from_run(
+    workdir: str | pathlib.Path, direction: str, step: int | None, weights: str
+) -> tuple[models.ResnetGenerator, PyTree, int, str, dict[str, Any]]:
+    """:func:`load_generator_from_run`'s four values and the run's saved ``model`` config."""
     _check_direction(direction)
     failed_reads.quiet()  # a damaged checkpoint: one line (or the fallback), not TensorStore's echoes
     if weights not in WEIGHTS:
@@ -123,7 +136,7 @@ def load_generator_from_run(
         for group in groups:
             try:
                 params = _restore_generator(ckpt_dir / str(s) / "default", group, name, shapes)
-                return generator, params, s, "ema" if group == "ema" else "raw"
+                return generator, params, s, "ema" if group == "ema" else "raw", saved["model"]
             except checkpoint.ShapeMismatchError as e:  # config.json and the checkpoints: every step alike
                 raise GeneratorLoadError(str(e)) from e
             except Exception as e:  # noqa: BLE001 - fall back to the raw weights, then to an older checkpoint
@@ -142,13 +155,13 @@ def load(
     if bool(workdir) == bool(checkpoint_dir):
         raise GeneratorLoadError("Give exactly one of --workdir (a training run) or --checkpoint (an imported model).")
     if workdir:
-        generator, params, step, used = load_generator_from_run(workdir, direction, weights=weights)
-        model_cfg = {**DEFAULT_MODEL_CONFIG, **run_config(pathlib.Path(workdir).absolute())["model"]}
+        generator, params, step, used, saved_model = _from_run(workdir, direction, None, weights)
+        model_cfg = {**DEFAULT_MODEL_CONFIG, **saved_model}
         return LoadedGenerator(generator, params, model_cfg, f"the {used} weights of step {step} of {workdir}")
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
         raise GeneratorLoadError(f"Checkpoint directory {path} does not exist.")
-    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+    if is_training_run(path):
         raise GeneratorLoadError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
     try:

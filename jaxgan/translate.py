@@ -229,7 +229,7 @@ def translate_files(
     files = _collect_inputs(inputs)
     root = inputs if inputs.is_dir() else inputs.parent
     dests = _destinations(files, root, output)
-    written = []
+    written, ready = [], {output}  # folders checked writable (each once)
     tolerant = skipped if inputs.is_dir() else None
     for paths, images in _batches_by_size(files, batch_size, max_size, tile, tolerant):
         if tile and max(images.shape[1:3]) > tile:
@@ -238,7 +238,8 @@ def translate_files(
             outs = generate(generator, params, images, batch_size)
         for path, out in zip(paths, outs, strict=True):
             dest, image = dests[path], image_io.to_uint8(out)
-            output_files.writable_folder(dest.parent, TranslateError)
+            if dest.parent not in ready:
+                ready.add(output_files.writable_folder(dest.parent, TranslateError))
             output_files.write_atomically(dest, functools.partial(_save_png, image=image), TranslateError)
             written.append(dest)
     return written
