@@ -254,11 +254,15 @@ class PatchDiscriminator(nn.Module):
 
 
 def _bias_mask(params: PyTree, fed: Any) -> PyTree:
-    """Map every leaf to ``fed(path)`` for biases, False for everything else."""
+    """Map every convolution's bias to ``fed(path)``, everything else (kernels, ``norm_*`` shifts) to False.
+
+    The learned shift of an affine instance norm (``model.norm_affine``) comes after the mean is
+    subtracted, so it is never inert.
+    """
 
     def leaf(path: tuple, _: Any) -> bool:
         names = [getattr(k, "key", str(k)) for k in path]
-        return names[-1] == "bias" and fed(names[:-1])
+        return names[-1] == "bias" and not names[-2].startswith("norm") and fed(names[:-1])
 
     return jax.tree_util.tree_map_with_path(leaf, params)
 

@@ -19,6 +19,8 @@ import collections
 import logging
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,10 +40,14 @@ class ParallelError(ValueError):
     """A configuration that cannot run on the devices present (clear, actionable message)."""
 
 
+JOIN_TIMEOUT_S = 300  # how long a process waits for all of its peers to join (JAX's own default)
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: int = JOIN_TIMEOUT_S,
 ) -> bool:
     """Join a multi-process JAX job when asked to; returns True when distributed.
 
@@ -49,8 +55,12 @@ def initialize_distributed(
     called when the environment describes a cluster that JAX detects on its own
     (SLURM with more than one task, Cloud TPU pod slices, Kubernetes/JAX
     environment variables); a single plain process is left alone. Must run
-    before any other JAX call that touches devices.
+    before any other JAX call that touches devices. A process whose peers have
+    not all joined within ``timeout_s`` seconds exits with status 2 and one
+    error line (see :func:`_join`).
     """
+    if timeout_s < 1:
+        raise ParallelError(f"--distributed_timeout must be at least 1 second, got {timeout_s}.")
     if coordinator_address or (num_processes and num_processes > 1):
         if not (coordinator_address and num_processes and process_id is not None):
             raise ParallelError(
@@ -60,18 +70,46 @@ def initialize_distributed(
         if not 0 <= process_id < num_processes:
             raise ParallelError(f"--process_id must be in 0..{num_processes - 1} for --num_processes={num_processes}, "
                                 f"got {process_id}.")  # fmt: skip
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-        )
+        who = f"process {process_id} of {num_processes} (coordinator {coordinator_address})"
+        hint = ("Start all of them with the same --coordinator_address and --num_processes and a distinct "
+                "--process_id each, check that the coordinator's host:port is reachable from every host")  # fmt: skip
+        _join(who, hint, timeout_s, coordinator_address=coordinator_address, num_processes=num_processes,
+              process_id=process_id)  # fmt: skip
         return True
     env = os.environ
     slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env
     tpu_pod = bool(env.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(env.get("MEGASCALE_COORDINATOR_ADDRESS"))
     explicit_env = "JAX_COORDINATOR_ADDRESS" in env
     if slurm or tpu_pod or explicit_env:
-        jax.distributed.initialize()
+        where = "SLURM" if slurm else "the TPU pod slice" if tpu_pod else "JAX_COORDINATOR_ADDRESS"
+        hint = f"Check that every process of the job started (their list comes from {where})"
+        _join(f"this process (peers from {where})", hint, timeout_s)
         return True
     return False
+
+
+def _join(who: str, hint: str, timeout_s: int, **kwargs: Any) -> None:
+    """``jax.distributed.initialize(**kwargs)``, bounded by a watchdog.
+
+    When peers do not join, JAX aborts the process after its ``initialization_timeout`` with a C++
+    check failure and a native stack trace. The watchdog fires first (JAX is given a minute more):
+    it prints ``hint`` (what to check) on stderr and ends the process with status 2. Nothing has been
+    computed or written yet at this point, so nothing is lost.
+    """
+    print(f"jaxgan: {who}: joining; waits up to {timeout_s} s for every process", file=sys.stderr, flush=True)
+
+    def give_up() -> None:
+        print(f"error: {who}: not every process joined within {timeout_s} s. {hint}, or wait longer "
+              "with --distributed_timeout.", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(2)  # JAX's connect holds the main thread; an exception could not reach it
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 60)
+    finally:
+        watchdog.cancel()
 
 
 def make_mesh(

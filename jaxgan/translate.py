@@ -75,18 +75,18 @@ def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarr
     return np.concatenate(outs) if outs else np.zeros_like(images)
 
 
-def _collect_inputs(path: pathlib.Path) -> list[pathlib.Path]:
+def _collect_inputs(path: pathlib.Path, output: pathlib.Path) -> list[pathlib.Path]:
+    """The image files to translate: ``path`` itself, or the images below it (links followed, pipes left
+    out) except those under ``output``, so that a second run into a folder inside the input does not
+    translate the first run's results again."""
     if not path.exists():
         raise TranslateError(f"Input {path} does not exist.")
     if path.is_file():
         return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and image_io.is_image_file(p.name)
-        and not any(q.startswith(".") for q in p.relative_to(path).parts)  # hidden below the input only
-    )
+    files = [path / name for name in image_io.list_images(str(path))[0]]
+    out = output.resolve()
+    if out != path.resolve():  # the input folder itself: _destinations refuses what would be overwritten
+        files = [f for f in files if not f.resolve().is_relative_to(out)]
     if not files:
         kinds = ", ".join(e.lstrip(".") for e in image_io.IMAGE_EXTENSIONS)
         raise TranslateError(f"No images ({kinds}) found under {path}.")
@@ -226,7 +226,7 @@ def translate_files(
         raise TranslateError(f"batch_size must be >= 1 and max_size >= 0, got {batch_size} and {max_size}.")
     inputs = pathlib.Path(inputs)
     output = prepare_output(output)
-    files = _collect_inputs(inputs)
+    files = _collect_inputs(inputs, output)
     root = inputs if inputs.is_dir() else inputs.parent
     dests = _destinations(files, root, output)
     written, ready = [], {output}  # folders checked writable (each once)
@@ -293,7 +293,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         # A bad output, a missing input or an input the output would overwrite fail before the generator loads.
         inputs = pathlib.Path(args.input)
-        files = _collect_inputs(inputs)  # a missing input leaves no output folder behind
+        files = _collect_inputs(inputs, pathlib.Path(args.output))  # a missing input leaves no output folder
         _destinations(files, inputs if inputs.is_dir() else inputs.parent, prepare_output(args.output))
         # Its source names the step and weights used: a newer checkpoint may have been unreadable.
         generator, params, _, source = generator_loading.load(args.direction, args.workdir, args.checkpoint,

@@ -154,6 +154,15 @@ def test_inert_bias_masks():
     d = _init(models.PatchDiscriminator(ndf=8))
     dm = models.discriminator_inert_bias_mask(d)
     assert [dm[f"conv_{i}"]["bias"] for i in range(5)] == [False, True, True, True, False]
+    # With affine instance norms, their shifts (after the mean is removed) are learned, not inert.
+    g = _init(models.ResnetGenerator(ngf=8, n_blocks=2, norm_affine=True))
+    gm = jax.tree_util.tree_leaves_with_path(models.generator_inert_bias_mask(g))
+    frozen = sorted(jax.tree_util.keystr(path) for path, inert in gm if inert)
+    assert len(frozen) == 9 and not any("norm" in name for name in frozen), frozen  # in, 2 down, 2x2 res, 2 up
+    d = _init(models.PatchDiscriminator(ndf=8, norm_affine=True))
+    dm = models.discriminator_inert_bias_mask(d)
+    assert [dm[f"conv_{i}"]["bias"] for i in range(5)] == [False, True, True, True, False]
+    assert not any(dm[f"norm_{i}"]["bias"] for i in range(1, 4))
 
 
 def test_inert_biases_do_not_change_the_output():

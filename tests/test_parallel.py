@@ -259,3 +259,22 @@ def test_checkpoints_of_several_devices_are_read_on_one(tmp_path):
     _check(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     # Both restore paths (evaluate and export share translate's, which every reader ran on the two-process run).
     _one_device_readers(tmp_path, ("translate", "results", "resume"))
+
+
+def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
+    # Process 0 of 2 alone (its peer never starts), and process 1 with no coordinator: each gives up after
+    # --distributed_timeout with the likely causes, instead of JAX's abort with a native stack trace.
+    port = _free_port()
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
+           "--config=experiments/configs/horse2zebra.py:tiny", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", "--distributed_timeout=3"]  # fmt: skip
+    for pid in (0, 1):
+        proc = subprocess.run([*cmd, f"--process_id={pid}"], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"process {pid} of 2 (coordinator 127.0.0.1:{port}): not every process joined within 3 s" in proc.stderr
+        assert "--distributed_timeout" in proc.stderr and "Check failure" not in proc.stderr, proc.stderr
+        assert not list(tmp_path.iterdir())  # nothing written before the peers are there
+    bad = subprocess.run([*cmd, "--process_id=0", "--distributed_timeout=0"], cwd=ROOT, env=cpu_devices_env(1),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr

@@ -196,6 +196,26 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
         parallel.check_batch_size(3, type("M", (), {"shape": {"data": 2}})())
 
 
+def test_translate_inputs_follow_links_skip_pipes_and_a_previous_output_inside(tmp_path):
+    from PIL import Image
+
+    from jaxgan.translate import _collect_inputs
+
+    src, more = tmp_path / "photos", tmp_path / "more"
+    src.mkdir(), more.mkdir()
+    for path in (src / "a.jpg", more / "b.png", src / "zebra" / "a.png"):
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    os.symlink(more, src / "linked")  # a linked folder is read
+    os.symlink("..", src / "up")  # a loop back above the input is not
+    os.mkfifo(src / "pipe.jpg")  # listing must not open it (it would block for ever)
+    names = lambda output: sorted(str(p.relative_to(src)) for p in _collect_inputs(src, output))  # noqa: E731
+    assert names(tmp_path / "out") == ["a.jpg", "linked/b.png", "zebra/a.png"]
+    assert names(src / "zebra") == ["a.jpg", "linked/b.png"]  # the last run's output, inside the input: left out
+    assert names(src) == ["a.jpg", "linked/b.png", "zebra/a.png"]  # the input itself: _destinations decides
+    assert [p.name for p in _collect_inputs(src / "a.jpg", src)] == ["a.jpg"]
+
+
 def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted):
     from PIL import Image
 

@@ -145,6 +145,10 @@ def test_inert_biases_stay_frozen_and_can_be_trained():
     assert np.any(np.asarray(s1.params["g_ab"]["conv_out"]["bias"]))
     s1, _ = train.train_step(_state(freeze_inert_biases=False), _batch())
     assert np.any(np.asarray(s1.params["g_ab"]["res_0"]["conv_0"]["bias"]))
+    s1, _ = train.train_step(_state(**{"model.norm_affine": True}), _batch())  # affine norms' shifts do learn
+    assert not np.any(np.asarray(s1.params["g_ab"]["res_0"]["conv_0"]["bias"]))
+    assert np.all(np.asarray(s1.params["g_ab"]["res_0"]["norm_0"]["bias"]) != 0)
+    assert np.all(np.asarray(s1.params["d_a"]["norm_1"]["bias"]) != 0)
 
 
 def test_generator_update_leaves_discriminators_alone():

@@ -86,40 +86,6 @@ class Source:
         return None
 
 
-def _walk_images(folder: str) -> tuple[list[str], list[str]]:
-    """(image files, other files) below ``folder``, as sorted paths relative to it with ``/``.
-
-    Hidden files and folders are left out. Linked folders are followed, each real folder once, except
-    links back to ``folder`` or above it (they would list the same images, or other splits, again).
-    Files that exist but are not regular files (pipes, sockets) count as other files; broken links stay
-    among the images, so that reading them reports them as unreadable.
-    """
-    top = os.path.realpath(folder)
-    files, others, seen = [], [], {top}
-
-    def new(real: str) -> bool:  # not listed yet, and not the folder itself or one above it (a loop)
-        return real not in seen and not (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
-
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        keep = []
-        for d in sorted(d for d in dirnames if not d.startswith(".")):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if new(real):
-                seen.add(real)
-                keep.append(d)
-        dirnames[:] = keep
-        for filename in filenames:
-            if filename.startswith("."):
-                continue
-            path = os.path.join(dirpath, filename)
-            relative = os.path.relpath(path, folder).replace(os.sep, "/")
-            if image_io.is_image_file(filename) and (os.path.isfile(path) or not os.path.exists(path)):
-                files.append(relative)
-            else:
-                others.append(relative)
-    return sorted(files), sorted(others)
-
-
 class _FolderSource(Source):
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(root))
@@ -143,7 +109,7 @@ class _FolderSource(Source):
                 f"{self.root} has no {split}/ folder (it has: {', '.join(present) or 'no sub-folders'}).{hint}\n"
                 + _layout(self.root)
             )
-        files, others = _walk_images(folder)
+        files, others = image_io.list_images(folder)
         if not files:
             raise DataError(
                 f"{folder} holds no images ({len(others)} other files). "
