@@ -20,10 +20,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxgan import checkpoint, config_check, cpu_memory, input_pipeline, parallel, report, results, run_lock, train
 from jaxgan.config_check import ConfigError, parse_profile_steps  # noqa: F401  (part of this module's API)
+from jaxgan.preemption import Preemption
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -31,36 +31,6 @@ PyTree = Any
 
 class TrainingDivergedError(RuntimeError):
     """A loss or gradient norm became NaN or Inf; names the step and the term."""
-
-
-class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag checked between steps (the step in flight completes)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C really interrupts
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def requested(self, sync: bool) -> bool:
-        """Whether any process got a signal (all processes agree when ``sync``)."""
-        flag = self.signal is not None
-        if jax.process_count() > 1 and sync:
-            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-        return flag
 
 
 def resolve_config(
@@ -261,7 +231,7 @@ def _train_and_evaluate(
     t_last, steps_since = time.perf_counter(), 0
     step, tracing = start, False
     try:
-        with _Preemption() as preempt:
+        with Preemption() as preempt:
             while step < total_steps:
                 if profile and step + 1 == profile[0]:
                     tracing = _start_trace(workdir / "profile")

@@ -1,0 +1,93 @@
+"""SIGTERM and Ctrl-C during training: finish the step in flight, save, exit; a second Ctrl-C exits at once.
+
+The training loop checks :meth:`Preemption.requested` between steps. A signal handler written in Python
+runs only when the main thread returns to the interpreter, which it does not do while XLA compiles a step
+(tens of seconds on a GPU) or while a long step runs. So a second Ctrl-C is not left to that handler:
+Python's C-level handler also writes each signal's number to a pipe (``signal.set_wakeup_fd``), and a
+watcher thread reading it ends the process as soon as the second SIGINT arrives, compilation or not.
+Nothing is lost that the user did not ask to lose: checkpoints are written to a temporary folder and
+renamed when complete, so a save cut short leaves the previous checkpoint (see ``jaxgan.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+EXIT_STATUS = 128 + signal.SIGINT  # what a shell reports for a process ended by Ctrl-C
+
+_FIRST = (b"\nCtrl-C: the step in flight finishes and a checkpoint is saved, then training stops. "
+          b"Press Ctrl-C again to stop at once without saving.\n")  # fmt: skip
+_SECOND = b"\nSecond Ctrl-C: stopped at once. Rerun the same command to resume from the last checkpoint.\n"
+
+
+class Preemption:
+    """Context manager: SIGTERM/SIGINT set a flag that the loop checks between steps.
+
+    Outside the main thread (where Python cannot install handlers) it leaves signals alone.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._write: int | None = None  # the pipe's write end, while watching
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), name="jaxgan-ctrl-c", daemon=True).start()
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        """Python-level handler (main thread, between bytecodes): remember the first signal."""
+        if self.signal is None:
+            self.signal = signum
+
+    @staticmethod
+    def _watch(read: int) -> None:
+        """Count SIGINTs as the C-level handler reports them: a message on the first, exit on the second.
+
+        Ends when the write end is closed (:meth:`__exit__`); the read end is closed here, by its only reader.
+        """
+        presses = 0
+        try:
+            while chunk := os.read(read, 64):
+                for signum in chunk:
+                    if signum != signal.SIGINT:
+                        continue
+                    presses += 1
+                    with contextlib.suppress(OSError):
+                        os.write(2, _FIRST if presses == 1 else _SECOND)
+                    if presses > 1:
+                        os._exit(EXIT_STATUS)  # from this thread: the main one may be inside XLA
+        finally:
+            os.close(read)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._write is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write)  # the watcher reads EOF and ends
+        self._write = None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, sync: bool) -> bool:
+        """Whether any process got a signal (all processes agree when ``sync``)."""
+        flag = self.signal is not None
+        if jax.process_count() > 1 and sync:
+            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return flag
