@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxgan import conv_forms, cpu_memory, generator_loading, global_norm, image_io, models, output_files, tiling
 
@@ -102,6 +103,9 @@ def _limit_size(image: np.ndarray, max_size: int) -> np.ndarray:
     return image_io.resize(image, max(4, round(h * scale)), max(4, round(w * scale)))
 
 
+HELD_BATCHES = 4  # batches' worth of decoded images that may wait for others of their size
+
+
 def _batches_by_size(
     files: list[pathlib.Path],
     batch_size: int,
@@ -111,10 +115,18 @@ def _batches_by_size(
 ) -> Iterator[tuple[list[pathlib.Path], np.ndarray]]:
     """Images grouped by size into batches; an image larger than ``tile`` (when set) comes alone.
 
+    At most ``HELD_BATCHES * batch_size`` decoded images wait for others of their size: in a folder of
+    many sizes the largest waiting group then goes as a short batch, so memory stays bounded.
     An unreadable image raises ``TranslateError``, unless ``skipped`` is a list: then it is
     recorded there (``"path: reason"``) and left out.
     """
     groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
+
+    def take(group: list[tuple[pathlib.Path, np.ndarray]]) -> tuple[list[pathlib.Path], np.ndarray]:
+        batch = [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
+        group.clear()
+        return batch
+
     for f in files:
         try:
             img = _limit_size(image_io.load_image(f), max_size)
@@ -129,11 +141,12 @@ def _batches_by_size(
         group = groups.setdefault(img.shape, [])
         group.append((f, img))
         if len(group) == batch_size:
-            yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
-            group.clear()
+            yield take(group)
+        elif sum(map(len, groups.values())) >= HELD_BATCHES * batch_size:
+            yield take(max(groups.values(), key=len))
     for group in groups.values():
         if group:
-            yield [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
+            yield take(group)
 
 
 def prepare_output(output: str | pathlib.Path) -> pathlib.Path:
@@ -213,6 +226,7 @@ def translate_files(
     max_size: int = 0,
     skipped: list[str] | None = None,
     norm_stats: str = "global",
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[pathlib.Path]:
     """Translate a file or a folder tree into ``output`` (same relative names, ``.png``).
 
@@ -221,6 +235,7 @@ def translate_files(
     longer side exceeds it (0: never). In a
     folder, unreadable images are left out and recorded in ``skipped`` when it is given (else
     the first one raises ``TranslateError``); a single unreadable input file always raises.
+    ``on_progress(n)`` is called after each batch with the number of inputs done (written or skipped).
     """
     if batch_size < 1 or max_size < 0:
         raise TranslateError(f"batch_size must be >= 1 and max_size >= 0, got {batch_size} and {max_size}.")
@@ -242,6 +257,8 @@ def translate_files(
                 ready.add(output_files.writable_folder(dest.parent, TranslateError))
             output_files.write_atomically(dest, functools.partial(_save_png, image=image), TranslateError)
             written.append(dest)
+        if on_progress is not None:
+            on_progress(len(written) + len(tolerant or ()))
     return written
 
 
@@ -298,8 +315,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         # Its source names the step and weights used: a newer checkpoint may have been unreadable.
         generator, params, _, source = generator_loading.load(args.direction, args.workdir, args.checkpoint,
                                                               args.weights)  # fmt: skip
-        written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
-                                  args.overlap, args.max_size, skipped, args.norm_stats)  # fmt: skip
+        with tqdm(total=len(files), unit="image", disable=None) as bar:  # shown on a terminal only
+            written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
+                                      args.overlap, args.max_size, skipped, args.norm_stats,
+                                      lambda done: bar.update(done - bar.n))  # fmt: skip
     except (TranslateError, generator_loading.GeneratorLoadError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

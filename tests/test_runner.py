@@ -216,6 +216,24 @@ def test_translate_inputs_follow_links_skip_pipes_and_a_previous_output_inside(t
     assert [p.name for p in _collect_inputs(src / "a.jpg", src)] == ["a.jpg"]
 
 
+def test_translate_holds_few_decoded_images_when_sizes_vary(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from jaxgan import translate
+
+    files = [tmp_path / f"{i:02d}.png" for i in range(40)]
+    for i, f in enumerate(files):  # 20 sizes, 2 images each, the pairs far apart in the listing
+        Image.fromarray(np.full((8 + 4 * (i % 20), 8, 3), i, np.uint8)).save(f)
+    loads, real = [], translate.image_io.load_image
+    monkeypatch.setattr(translate.image_io, "load_image", lambda f: loads.append(f) or real(f))
+    done, held = [], []
+    for paths, images in translate._batches_by_size(files, batch_size=3):
+        assert images.shape[0] == len(paths) and len({np.asarray(real(p)).shape for p in paths}) == 1
+        held.append(len(loads) - len(done))  # decoded, not yet handed out
+        done += paths
+    assert sorted(done) == files and max(held) <= translate.HELD_BATCHES * 3, held
+
+
 def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted):
     from PIL import Image
 
