@@ -157,12 +157,19 @@ def _get(config: Any, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+def _axis_entry(entry: Any) -> bool:
+    """One dimension's entry of a partition rule: None, an axis name, or a tuple of axis names."""
+    if entry is None or isinstance(entry, str):
+        return True
+    return isinstance(entry, (tuple, list)) and all(isinstance(a, str) for a in entry)
+
+
 def _valid_partition_rules(rules: Any) -> bool:
     """Pairs of (a compilable regex, a sequence of axis names or None)."""
     try:
         for regex, spec in rules:
             re.compile(regex)
-            if isinstance(spec, str) or not all(a is None or isinstance(a, str) for a in spec):
+            if isinstance(spec, str) or not all(_axis_entry(a) for a in spec):
                 return False
     except (TypeError, ValueError, re.error):
         return False
@@ -198,8 +205,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     rules = _get(config, "partition_rules")[1]
     if rules is not None and not _valid_partition_rules(rules):
         out.append(
-            f"partition_rules={rules!r}: must be pairs (regex on the parameter path, axis names or None per "
-            "dimension), e.g. ((r'res_\\d+/conv_\\d/kernel', (None, None, None, 'model')),)"
+            f"partition_rules={rules!r}: must be pairs (regex on the parameter path, per dimension None, an "
+            "axis name or a tuple of them), e.g. ((r'res_\\d+/conv_\\d/kernel', (None, None, None, 'model')),)"
         )
     shape, axes = _get(config, "mesh_shape")[1], _get(config, "mesh_axes")[1]
     if shape is not None and axes is not None and len(tuple(shape)) != len(tuple(axes)):

@@ -21,7 +21,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgan import checkpoint, config_check, cpu_memory, input_pipeline, parallel, report, results, run_lock, train
+from jaxgan import (
+    checkpoint,
+    config_check,
+    cpu_memory,
+    input_pipeline,
+    parallel,
+    peers,
+    report,
+    results,
+    run_lock,
+    train,
+)
 from jaxgan.config_check import ConfigError, parse_profile_steps  # noqa: F401  (part of this module's API)
 from jaxgan.preemption import Preemption
 
@@ -141,6 +152,7 @@ def _train_and_evaluate(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     )
     config, total_steps = resolve_config(config, stream.steps_per_epoch, stream.image_shape)
+    peers.check(config, workdir)  # several processes: one config, one shared workdir
     log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
              parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
 

@@ -61,6 +61,9 @@ def initialize_distributed(
     """
     if timeout_s < 1:
         raise ParallelError(f"--distributed_timeout must be at least 1 second, got {timeout_s}.")
+    if process_id and not (coordinator_address or (num_processes and num_processes > 1)):
+        raise ParallelError(f"--process_id={process_id} needs --coordinator_address and --num_processes; alone it "
+                            "would train as a single process.")  # fmt: skip
     if coordinator_address or (num_processes and num_processes > 1):
         if not (coordinator_address and num_processes and process_id is not None):
             raise ParallelError(
@@ -129,6 +132,8 @@ def make_mesh(
         raise ParallelError(f"mesh_shape {tuple(mesh_shape)} does not cover the {len(devices)} devices present.")
     if DATA_AXIS not in mesh_axes:
         raise ParallelError(f"mesh_axes must contain {DATA_AXIS!r}, got {tuple(mesh_axes)}.")
+    if len(set(mesh_axes)) != len(mesh_axes):
+        raise ParallelError(f"mesh_axes must be distinct names, got {tuple(mesh_axes)}.")
     # Auto axes: shardings are given at the jit boundary and XLA propagates them inside
     # (jax >= 0.9 makes Explicit axes the default of make_mesh).
     auto = (jax.sharding.AxisType.Auto,) * len(shape)
@@ -145,7 +150,8 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> None:
     if global_batch % n:
         raise ParallelError(
             f"config.batch_size={global_batch} is the global batch and must be divisible by the {n} devices "
-            f"of the mesh's data axis; use e.g. --config.batch_size={n * max(1, round(global_batch / n))}."
+            f"of the mesh's data axis; use e.g. --config.batch_size={n * max(1, round(global_batch / n))}, "
+            "or make fewer devices visible (e.g. CUDA_VISIBLE_DEVICES=0 for one GPU)."
         )
 
 
@@ -170,10 +176,15 @@ def partition_specs(
 
     compiled = []
     for rx, spec in partition_rules:
-        unknown = [a for entry in spec for a in axes(entry) if a not in mesh_shape]
+        named = [a for entry in spec for a in axes(entry)]
+        unknown = [a for a in named if a not in mesh_shape]
         if unknown:
             raise ParallelError(f"partition rule {rx!r}: axis {unknown[0]!r} is not in the mesh {dict(mesh_shape)} "
                                 "(config.mesh_axes names the axes).")  # fmt: skip
+        twice = sorted({a for a in named if named.count(a) > 1})
+        if twice:
+            raise ParallelError(f"partition rule {rx!r} names the mesh axis {twice[0]!r} more than once; an axis "
+                                "can split one dimension only.")  # fmt: skip
         compiled.append((rx, re.compile(rx), P(*spec)))
     used: collections.Counter = collections.Counter()
 

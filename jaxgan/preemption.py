@@ -7,6 +7,9 @@ Python's C-level handler also writes each signal's number to a pipe (``signal.se
 watcher thread reading it ends the process as soon as the second SIGINT arrives, compilation or not.
 Nothing is lost that the user did not ask to lose: checkpoints are written to a temporary folder and
 renamed when complete, so a save cut short leaves the previous checkpoint (see ``jaxgan.checkpoint``).
+
+With several processes, a signal that reaches some of them stops all at the next step where the loop
+asks every process (:meth:`Preemption.requested` with ``sync``), so that they save together.
 """
 
 from __future__ import annotations
@@ -86,8 +89,14 @@ class Preemption:
             signal.signal(sig, handler)
 
     def requested(self, sync: bool) -> bool:
-        """Whether any process got a signal (all processes agree when ``sync``)."""
+        """Whether to stop after this step.
+
+        One process: whether it got a signal. Several: whether any of them did, asked only on ``sync``
+        steps (the loop's log, checkpoint and last steps, the same on every process), and False on the
+        others. A process must not stop on its own: its save would wait for peers that are waiting for
+        it inside the next step's collectives, and neither would ever return.
+        """
         flag = self.signal is not None
-        if jax.process_count() > 1 and sync:
-            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        if jax.process_count() > 1:
+            flag = sync and bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
         return flag

@@ -60,6 +60,12 @@ def test_malformed_partition_rules_are_a_config_error(rules):
     assert len(found) == 1 and found[0].startswith("partition_rules=") and "pairs (regex" in found[0], found
 
 
+def test_a_rule_may_split_one_dimension_over_several_axes():
+    config = horse2zebra.get_config()
+    config.partition_rules = ((r"res_\d+/conv_\d/kernel", (None, None, None, ("data", "model"))),)
+    assert config_check.problems(config) == []
+
+
 def test_all_problems_in_one_message():
     config = horse2zebra.get_config()
     config.lr, config.num_epochs, config.gan_mode = -1.0, -3, "wgan"

@@ -1,13 +1,16 @@
 """Data parallelism on fake CPU devices and on two processes joined by jax.distributed (in subprocesses)."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from conftest import ROOT, cosine_and_ratio, cpu_devices_env
+from jax.sharding import PartitionSpec as P
 
 WORKER = str(ROOT / "tests" / "parallel_worker.py")
 
@@ -191,6 +194,21 @@ def test_partition_rules_that_cannot_apply_are_named(caplog):
     # 2 ways along the generator's last output dimension, of 3 channels (on a mesh of 2 model devices).
     with pytest.raises(parallel.ParallelError, match=r"conv_out/kernel \(7, 7, 8, 3\).*3 does not divide into 2"):
         parallel.partition_specs(abstract, {"data": 1, "model": 2}, (("conv_out/kernel", (None, None, None, "model")),))
+    with pytest.raises(parallel.ParallelError, match=r"partition rule 'kernel' names the mesh axis 'model' more"):
+        parallel.partition_specs(abstract, {"data": 1, "model": 1}, (("kernel", (None, None, "model", "model")),))
+    both = (("conv_out/kernel", (None, None, ("data", "model"), None)),)  # one dimension over two axes
+    specs = parallel.partition_specs(abstract, {"data": 1, "model": 1}, both)
+    assert specs.params["g_ab"]["conv_out"]["kernel"] == P(None, None, ("data", "model"), None)
+    with pytest.raises(parallel.ParallelError, match=r"mesh_axes must be distinct names, got \('data', 'data'\)"):
+        parallel.make_mesh((1, 1), ("data", "data"))  # it used to crash the process in the first compile
+
+
+def test_a_process_id_alone_is_refused():
+    from jaxgan import parallel
+
+    with pytest.raises(parallel.ParallelError, match="--process_id=1 needs --coordinator_address"):
+        parallel.initialize_distributed(process_id=1)
+    assert parallel.initialize_distributed(process_id=0) is False  # the one process of a single-process run
 
 
 def test_experiment_command_runs_as_two_processes(tmp_path):
@@ -278,3 +296,54 @@ def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
     bad = subprocess.run([*cmd, "--process_id=0", "--distributed_timeout=0"], cwd=ROOT, env=cpu_devices_env(1),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr
+
+
+def _two_processes(workdirs, *extra, per_process=((), ())):
+    """The training command as processes 0 and 1 (2 CPU devices each); stdout and stderr merged."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
+           "--config.batch_size=4", "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", *extra]  # fmt: skip
+    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
+                             env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]  # fmt: skip
+
+
+def _finish(procs, timeout=240):
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def test_processes_with_other_configs_or_unshared_workdirs_all_stop_at_start(tmp_path):
+    # Another learning rate on process 1 used to train silently apart; node-local workdirs failed at the first
+    # checkpoint and then hung. Both are now one error on every process before anything is compiled or saved.
+    procs = _two_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
+    outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert all("process(es) [1] were started with another config than process 0" in out for out in outs), outs
+    assert "lr: 0.02 here, 0.0002 on process 0" in outs[1] and "Traceback" not in outs[0] + outs[1]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not list((tmp_path / "run").glob(".peers-*"))
+    procs = _two_processes([tmp_path / "node0", tmp_path / "node1"])
+    outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert all("process(es) [1] do not see the files process 0 writes in --workdir" in out for out in outs), outs
+
+
+def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
+    # The signal lands between the log steps (every 50): a process that stopped on its own there used to wait
+    # in its save for a peer waiting in the next step, both for ever. Now both stop at the next log step.
+    procs = _two_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
+                           "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
+    for line in procs[0].stdout:
+        if "Starting a new run" in line:
+            break
+    time.sleep(3)  # a few steps in (the first compiles)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _finish(procs, timeout=180)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and steps[0] % 50 == 0 and steps[0] < 400, (steps, outs)
+    assert f"Received a signal on another process: saved the checkpoint at step {steps[0]}" in outs[0], outs[0]
