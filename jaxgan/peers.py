@@ -3,8 +3,9 @@
 Neither is visible to JAX. Peers given different configs either train silently apart (another learning
 rate: the "replicated" parameters drift between processes) or abort in a collective with a message about
 data sizes; peers whose ``--workdir`` is not one shared folder (node-local disks) fail at the first
-checkpoint and then wait for each other for ever. :func:`check` finds both at start-up, before anything is
-read or compiled, and stops every process with the same :class:`parallel.ParallelError`.
+checkpoint and then wait for each other for ever. :func:`check` finds both at start-up, once each process
+has read its share of the data and before anything is compiled or saved, and stops every process with a
+:class:`parallel.ParallelError`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _from_process_0(text: str) -> str:
 
 
 def config_differences(mine: dict[str, Any], reference: dict[str, Any]) -> list[str]:
-    """``"field: value here vs reference"`` for every flattened field where two configs differ."""
+    """``"field: value here, value on process 0"`` for every flattened field where two configs differ."""
     a, b = _flat(mine), _flat(reference)
     return [f"{k}: {a.get(k, '(absent)')!r} here, {b.get(k, '(absent)')!r} on process 0"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
