@@ -15,6 +15,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -53,6 +54,13 @@ def cpu_devices_env(devices: int = 1) -> dict[str, str]:
     """This process's environment for a subprocess on ``devices`` CPU devices, with the suite's XLA flags."""
     flags = f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}" if devices > 1 else XLA_FLAGS
     return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test's jax.distributed coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_config(**overrides):
@@ -103,6 +111,7 @@ LONG_FILES = {
     "test_train.py": 229,
     "test_runner.py": 177,
     "test_conv_forms.py": 98,
+    "test_peers.py": 66,  # measured alone, 2026-12-02 (second session)
     "test_export.py": 70,
     "test_benchmarks.py": 48,
     "test_app.py": 45,

@@ -1,0 +1,78 @@
+"""Faults of multi-process runs, each in real processes: peers that never join, disagree, or get a signal alone."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, cpu_devices_env, free_port
+
+
+def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
+    # Process 0 of 2 alone (its peer never starts), and process 1 with no coordinator: each gives up after
+    # --distributed_timeout with the likely causes, instead of JAX's abort with a native stack trace.
+    port = free_port()
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
+           "--config=experiments/configs/horse2zebra.py:tiny", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", "--distributed_timeout=3"]  # fmt: skip
+    for pid in (0, 1):
+        proc = subprocess.run([*cmd, f"--process_id={pid}"], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"process {pid} of 2 (coordinator 127.0.0.1:{port}): not every process joined within 3 s" in proc.stderr
+        assert "--distributed_timeout" in proc.stderr and "Check failure" not in proc.stderr, proc.stderr
+        assert not list(tmp_path.iterdir())  # nothing written before the peers are there
+    bad = subprocess.run([*cmd, "--process_id=0", "--distributed_timeout=0"], cwd=ROOT, env=cpu_devices_env(1),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr
+
+
+def _two_processes(workdirs, *extra, per_process=((), ())):
+    """The training command as processes 0 and 1 (2 CPU devices each); stdout and stderr merged."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
+           "--config.batch_size=4", "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", *extra]  # fmt: skip
+    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
+                             env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]  # fmt: skip
+
+
+def _finish(procs, timeout=240):
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def test_processes_with_other_configs_or_unshared_workdirs_all_stop_at_start(tmp_path):
+    # Another learning rate on process 1 used to train silently apart; node-local workdirs failed at the first
+    # checkpoint and then hung. Both are now one error on every process before anything is compiled or saved.
+    procs = _two_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
+    outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert all("process(es) [1] were started with another config than process 0" in out for out in outs), outs
+    assert "lr: 0.02 here, 0.0002 on process 0" in outs[1] and "Traceback" not in outs[0] + outs[1]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not list((tmp_path / "run").glob(".peers-*"))
+    procs = _two_processes([tmp_path / "node0", tmp_path / "node1"])
+    outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert all("process(es) [1] do not see the files process 0 writes in --workdir" in out for out in outs), outs
+
+
+def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
+    # The signal lands between the log steps (every 50): a process that stopped on its own there used to wait
+    # in its save for a peer waiting in the next step, both for ever. Now both stop at the next log step.
+    procs = _two_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
+                           "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
+    for line in procs[0].stdout:
+        if "Starting a new run" in line:
+            break
+    time.sleep(3)  # a few steps in (the first compiles)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _finish(procs, timeout=180)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and steps[0] % 50 == 0 and steps[0] < 400, (steps, outs)
+    assert f"Received a signal on another process: saved the checkpoint at step {steps[0]}" in outs[0], outs[0]
