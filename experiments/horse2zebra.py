@@ -45,7 +45,8 @@ flags.DEFINE_enum("mode", "train", ["train", "results"], "train (and write resul
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.DEFINE_integer("distributed_timeout", 300, "Seconds a multi-process run waits for all its processes to join.")
+flags.DEFINE_integer("distributed_timeout", 300,  # parallel.JOIN_TIMEOUT_S (jaxgan is imported after the flags)
+                     "Seconds a multi-process run waits for all its processes to join.")  # fmt: skip
 flags.DEFINE_bool(
     "reuse_cpu_memory", True,
     "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "

@@ -134,7 +134,7 @@ def is_image_file(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> 
     return not base.startswith(".") and base.lower().endswith(extensions)
 
 
-def list_images(folder: str) -> tuple[list[str], list[str]]:
+def find_images(folder: str) -> tuple[list[str], list[str]]:
     """(image files, other files) below ``folder``, as sorted paths relative to it with ``/``.
 
     Hidden files and folders are left out. Linked folders are followed, each real folder once, except

@@ -132,10 +132,15 @@ def train_and_evaluate(
     for a batch that does not fit the devices, :class:`run_lock.RunLockError` when another
     process trains in ``workdir``.
     """
+    workdir = pathlib.Path(workdir)
+    peers.check(config, workdir)  # several processes: one config, one shared workdir
     config_check.check(config)  # every field, before any data is read or anything compiled
-    lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
-        return _train_and_evaluate(config, pathlib.Path(workdir), on_log)
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:  # another run training here stops every process, not only this one
+            peers.together(lambda: stack.enter_context(run_lock.RunLock(workdir)))
+        else:
+            peers.together(lambda: None)
+        return _train_and_evaluate(config, workdir, on_log)
 
 
 def _train_and_evaluate(
@@ -148,11 +153,13 @@ def _train_and_evaluate(
     profile = parse_profile_steps(config.get("profile_steps", ""))
     mesh = parallel.mesh_from_config(config)
     parallel.check_batch_size(int(config.batch_size), mesh)
-    stream = input_pipeline.create_train_stream(
-        config, process_index=jax.process_index(), process_count=jax.process_count()
+    stream = peers.together(  # a process whose share of the data is unreadable stops all of them
+        lambda: input_pipeline.create_train_stream(
+            config, process_index=jax.process_index(), process_count=jax.process_count()
+        )
     )
     config, total_steps = resolve_config(config, stream.steps_per_epoch, stream.image_shape)
-    peers.check(config, workdir)  # several processes: one config, one shared workdir
+    peers.check_data(config)
     log.info("%s; global batch %d; %d steps/epoch; %d steps in all",
              parallel.describe(mesh), config.batch_size, config.steps_per_epoch, total_steps)  # fmt: skip
 

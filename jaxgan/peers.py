@@ -1,11 +1,13 @@
-"""The processes of a multi-process run must agree: one config, one workdir that all of them see.
+"""The processes of a multi-process run must agree: one config, one workdir that all of them see, one data set.
 
-Neither is visible to JAX. Peers given different configs either train silently apart (another learning
-rate: the "replicated" parameters drift between processes) or abort in a collective with a message about
-data sizes; peers whose ``--workdir`` is not one shared folder (node-local disks) fail at the first
-checkpoint and then wait for each other for ever. :func:`check` finds both at start-up, once each process
-has read its share of the data and before anything is compiled or saved, and stops every process with a
-:class:`parallel.ParallelError`.
+None of this is visible to JAX. Peers given different configs either train silently apart (another
+learning rate: the "replicated" parameters drift between processes) or abort in a collective with a
+message about data sizes; peers whose ``--workdir`` is not one shared folder (node-local disks) fail at
+the first checkpoint and then wait for each other for ever; and a process that stops with an error
+alone leaves the others waiting in the next collective until JAX's heartbeat aborts them. :func:`check`
+(config and workdir, before anything is read), :func:`together` (a start-up step that may fail on one
+process) and :func:`check_data` (what each process read) turn each of these into an error on every
+process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 import pathlib
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -24,6 +27,7 @@ from jax.experimental import multihost_utils
 from jaxgan import checkpoint
 from jaxgan.parallel import ParallelError
 
+T = TypeVar("T")
 SEE_WAIT_S = 10.0  # how long a process looks for process 0's marker file (network filesystems lag)
 
 
@@ -65,35 +69,83 @@ def _sees(marker: pathlib.Path, token: str) -> bool:
         time.sleep(0.5)
 
 
+def _processes_with(count: int) -> list[int]:
+    """The indices of the processes whose ``count`` is not 0 (a collective: every process must call it)."""
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray(count, np.int32))).reshape(-1)
+    return [int(i) for i in np.flatnonzero(counts)]
+
+
 def check(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """With several processes: every one has process 0's config and sees files process 0 writes in ``workdir``.
 
-    Call it on every process at the same point. Process 0 must have created ``workdir``. Raises
+    Call it on every process at the same point, first. Process 0 creates ``workdir``. Raises
     :class:`ParallelError` on every process when any of them disagrees (each names its own difference).
     """
     if jax.process_count() == 1:
         return
     mine = checkpoint.config_to_dict(config)  # JSON types: tuples are lists on every process alike
     differences = config_differences(mine, json.loads(_from_process_0(json.dumps(mine, sort_keys=True))))
-    token = _from_process_0(secrets.token_hex(8) if jax.process_index() == 0 else "")
-    marker = workdir / f".peers-{token}"
+    token, unwritable = secrets.token_hex(8), None
     if jax.process_index() == 0:
-        marker.write_text(token)
-    sees = _sees(marker, token)  # retried: process 0 writes it only after the broadcast
-    found = multihost_utils.process_allgather(np.asarray([len(differences), int(sees)], np.int32))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / f".peers-{token}").write_text(token)
+        except OSError as e:
+            unwritable = e
+    # Broadcast after the write: no process looks the marker up before it exists (an NFS client would
+    # remember the miss for up to a minute).
+    token = _from_process_0(token)
+    marker = workdir / f".peers-{token}"
+    blind = _processes_with(int(unwritable is None and not _sees(marker, token)))
+    other_config = _processes_with(len(differences))
     if jax.process_index() == 0:
         marker.unlink(missing_ok=True)
-    found = np.asarray(found).reshape(jax.process_count(), 2)
-    other_config = [i for i in range(len(found)) if found[i, 0]]
-    blind = [i for i in range(len(found)) if not found[i, 1]]
     problems = []
     if other_config:
         here = f" Here: {'; '.join(differences)}." if differences else ""
         problems.append(f"process(es) {other_config} were started with another config than process 0: start every "
                         f"process with the same --config and --config.FIELD overrides.{here}")  # fmt: skip
-    if blind:
+    if unwritable is not None:
+        problems.append(f"process 0 cannot write in --workdir {workdir}: {unwritable}")
+    elif blind:
         problems.append(f"process(es) {blind} do not see the files process 0 writes in --workdir {workdir}: every "
                         "process needs the same shared folder (a network filesystem or a bucket mount, not a "
                         "node-local disk).")  # fmt: skip
     if problems:
         raise ParallelError(" ".join(problems))
+
+
+def together(step: Callable[[], T]) -> T:
+    """``step()`` on every process; when it raises on any of them, every process raises.
+
+    The process that failed raises its own exception; the others a :class:`ParallelError` naming it,
+    instead of waiting for it in the next collective.
+    """
+    if jax.process_count() == 1:
+        return step()
+    try:
+        result, error = step(), None
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the peers know
+        result, error = None, e
+    failed = _processes_with(int(error is not None))
+    if error is not None:
+        raise error
+    if failed:
+        raise ParallelError(f"process(es) {failed} stopped with an error during start-up (see their output).")
+    return result
+
+
+DATA_FIELDS = ("steps_per_epoch", "image_shape")  # what resolve_config takes from the data each process read
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+    """With several processes: every one read a data set of process 0's size and image shape."""
+    if jax.process_count() == 1:
+        return
+    mine = checkpoint.config_to_dict({k: config.get(k) for k in DATA_FIELDS})
+    differences = config_differences(mine, json.loads(_from_process_0(json.dumps(mine, sort_keys=True))))
+    other_data = _processes_with(len(differences))
+    if other_data:
+        here = f" Here: {'; '.join(differences)}." if differences else ""
+        raise ParallelError(f"process(es) {other_data} read other data than process 0: every process must read "
+                            f"the same data set (per-node copies must be identical).{here}")  # fmt: skip

@@ -28,6 +28,9 @@ EXIT_STATUS = 128 + signal.SIGINT  # what a shell reports for a process ended by
 
 _FIRST = (b"\nCtrl-C: the step in flight finishes and a checkpoint is saved, then training stops. "
           b"Press Ctrl-C again to stop at once without saving.\n")  # fmt: skip
+_FIRST_OF_SEVERAL = (b"\nCtrl-C: training stops at the next logging or checkpoint step, where all processes save "
+                     b"one checkpoint together. Press Ctrl-C again to stop this process at once without saving "
+                     b"(the others then abort).\n")  # fmt: skip
 _SECOND = b"\nSecond Ctrl-C: stopped at once. Rerun the same command to resume from the last checkpoint.\n"
 
 
@@ -46,12 +49,14 @@ class Preemption:
     def __enter__(self) -> Preemption:
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        # The pipe first: a Ctrl-C that finds the handler installed is always counted by the watcher.
         read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(read,), name="jaxgan-ctrl-c", daemon=True).start()
+        first = _FIRST_OF_SEVERAL if jax.process_count() > 1 else _FIRST
+        threading.Thread(target=self._watch, args=(read, first), name="jaxgan-ctrl-c", daemon=True).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -60,7 +65,7 @@ class Preemption:
             self.signal = signum
 
     @staticmethod
-    def _watch(read: int) -> None:
+    def _watch(read: int, first: bytes) -> None:
         """Count SIGINTs as the C-level handler reports them: a message on the first, exit on the second.
 
         Ends when the write end is closed (:meth:`__exit__`); the read end is closed here, by its only reader.
@@ -73,7 +78,7 @@ class Preemption:
                         continue
                     presses += 1
                     with contextlib.suppress(OSError):
-                        os.write(2, _FIRST if presses == 1 else _SECOND)
+                        os.write(2, first if presses == 1 else _SECOND)
                     if presses > 1:
                         os._exit(EXIT_STATUS)  # from this thread: the main one may be inside XLA
         finally:

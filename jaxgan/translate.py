@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +77,11 @@ def generate(generator: models.ResnetGenerator, params: PyTree, images: np.ndarr
     return np.concatenate(outs) if outs else np.zeros_like(images)
 
 
+def _real(path: pathlib.Path) -> pathlib.Path:
+    """The path with every link followed; unlike ``Path.resolve``, a link loop is no error (it stays a path)."""
+    return pathlib.Path(os.path.realpath(path))
+
+
 def _collect_inputs(path: pathlib.Path, output: pathlib.Path) -> list[pathlib.Path]:
     """The image files to translate: ``path`` itself, or the images below it (links followed, pipes left
     out) except those under ``output``, so that a second run into a folder inside the input does not
@@ -84,10 +90,10 @@ def _collect_inputs(path: pathlib.Path, output: pathlib.Path) -> list[pathlib.Pa
         raise TranslateError(f"Input {path} does not exist.")
     if path.is_file():
         return [path]
-    files = [path / name for name in image_io.list_images(str(path))[0]]
-    out = output.resolve()
-    if out != path.resolve():  # the input folder itself: _destinations refuses what would be overwritten
-        files = [f for f in files if not f.resolve().is_relative_to(out)]
+    files = [path / name for name in image_io.find_images(str(path))[0]]
+    top, out = _real(path), _real(output)
+    if out != top and out.is_relative_to(top):  # (the input itself: _destinations refuses overwriting)
+        files = [f for f in files if not _real(f).is_relative_to(out)]
     if not files:
         kinds = ", ".join(e.lstrip(".") for e in image_io.IMAGE_EXTENSIONS)
         raise TranslateError(f"No images ({kinds}) found under {path}.")
@@ -120,12 +126,11 @@ def _batches_by_size(
     An unreadable image raises ``TranslateError``, unless ``skipped`` is a list: then it is
     recorded there (``"path: reason"``) and left out.
     """
-    groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
+    groups: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}  # only sizes now waiting
 
-    def take(group: list[tuple[pathlib.Path, np.ndarray]]) -> tuple[list[pathlib.Path], np.ndarray]:
-        batch = [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
-        group.clear()
-        return batch
+    def take(shape: tuple[int, ...]) -> tuple[list[pathlib.Path], np.ndarray]:
+        group = groups.pop(shape)
+        return [p for p, _ in group], image_io.to_float(np.stack([i for _, i in group]))
 
     for f in files:
         try:
@@ -141,12 +146,11 @@ def _batches_by_size(
         group = groups.setdefault(img.shape, [])
         group.append((f, img))
         if len(group) == batch_size:
-            yield take(group)
+            yield take(img.shape)
         elif sum(map(len, groups.values())) >= HELD_BATCHES * batch_size:
-            yield take(max(groups.values(), key=len))
-    for group in groups.values():
-        if group:
-            yield take(group)
+            yield take(max(groups, key=lambda shape: len(groups[shape])))
+    while groups:
+        yield take(next(iter(groups)))
 
 
 def prepare_output(output: str | pathlib.Path) -> pathlib.Path:
@@ -170,12 +174,12 @@ def _destinations(
     the input folder, PNG inputs), are errors.
     """
     dests = {f: (output / f.relative_to(root)).with_suffix(".png") for f in files}
-    inputs = {f.resolve() for f in files}
+    inputs = {_real(f) for f in files}
     seen: dict[pathlib.Path, pathlib.Path] = {}
     for f, d in dests.items():
         if d in seen:
             raise TranslateError(f"{seen[d]} and {f} would both be written to {d}; rename one of them.")
-        if d.resolve() in inputs:
+        if _real(d) in inputs:
             raise TranslateError(f"The translation of {f} would overwrite the input {d}; give another --output.")
         seen[d] = f
     return dests
@@ -246,6 +250,12 @@ def translate_files(
     dests = _destinations(files, root, output)
     written, ready = [], {output}  # folders checked writable (each once)
     tolerant = skipped if inputs.is_dir() else None
+    skipped_before = len(tolerant or ())
+
+    def report() -> None:
+        if on_progress is not None:
+            on_progress(len(written) + len(tolerant or ()) - skipped_before)
+
     for paths, images in _batches_by_size(files, batch_size, max_size, tile, tolerant):
         if tile and max(images.shape[1:3]) > tile:
             outs = [translate_image(generator, params, images[0], tile, overlap, norm_stats)]
@@ -257,8 +267,8 @@ def translate_files(
                 ready.add(output_files.writable_folder(dest.parent, TranslateError))
             output_files.write_atomically(dest, functools.partial(_save_png, image=image), TranslateError)
             written.append(dest)
-        if on_progress is not None:
-            on_progress(len(written) + len(tolerant or ()))
+        report()
+    report()  # images skipped after the last batch
     return written
 
 

@@ -27,14 +27,15 @@ def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
     assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr
 
 
-def _two_processes(workdirs, *extra, per_process=((), ())):
-    """The training command as processes 0 and 1 (2 CPU devices each); stdout and stderr merged."""
+def _two_processes(workdirs, *extra, per_process=((), ()), env=({}, {})):
+    """The training command as processes 0 and 1 (2 CPU devices each, ``env`` added); stdout and stderr merged."""
     port = free_port()
     cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
            "--config.batch_size=4", "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}",
            "--num_processes=2", *extra]  # fmt: skip
     return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
-                             env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env={**cpu_devices_env(2), **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
             for i in range(2)]  # fmt: skip
 
 
@@ -76,3 +77,29 @@ def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(steps) == 1 and steps[0] % 50 == 0 and steps[0] < 400, (steps, outs)
     assert f"Received a signal on another process: saved the checkpoint at step {steps[0]}" in outs[0], outs[0]
+
+
+def test_a_start_up_error_on_one_process_stops_both(tmp_path):
+    # Another run holds the workdir: process 0 alone fails to take the lock. Process 1 used to wait for it in the
+    # next collective until JAX's heartbeat aborted it; now it stops at once, naming process 0.
+    from jaxgan import run_lock
+
+    with run_lock.RunLock(tmp_path):
+        procs = _two_processes([tmp_path] * 2)
+        outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert "Wait for it to finish" in outs[0] and "process(es) [0] stopped with an error during start-up" in outs[1]
+
+
+def test_processes_that_read_other_data_stop_at_start(tmp_path):
+    # The same config, but "~" is another home on each process: their data sets differ in size.
+    from folder_data import make_folder
+
+    for i, n in ((0, 8), (1, 12)):
+        make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": n, "trainB": n, "testA": 2, "testB": 2})
+    procs = _two_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
+                           env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
+    outs = _finish(procs)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert all("process(es) [1] read other data than process 0" in out for out in outs), outs
+    assert "steps_per_epoch: 3 here, 2 on process 0" in outs[1], outs[1]

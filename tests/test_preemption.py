@@ -1,15 +1,14 @@
 """Ctrl-C and SIGTERM during training (jaxgan.preemption), in child processes that receive real signals."""
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from jaxgan.preemption import EXIT_STATUS, Preemption
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jaxgan.preemption import EXIT_STATUS, Preemption
 
 # The main thread spends its time in one long C call (an eigenvalue solve, ~10 s here), as it does in an
 # XLA compilation: Python-level signal handlers cannot run until it returns.

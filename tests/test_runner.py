@@ -196,44 +196,6 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
         parallel.check_batch_size(3, type("M", (), {"shape": {"data": 2}})())
 
 
-def test_translate_inputs_follow_links_skip_pipes_and_a_previous_output_inside(tmp_path):
-    from PIL import Image
-
-    from jaxgan.translate import _collect_inputs
-
-    src, more = tmp_path / "photos", tmp_path / "more"
-    src.mkdir(), more.mkdir()
-    for path in (src / "a.jpg", more / "b.png", src / "zebra" / "a.png"):
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
-    os.symlink(more, src / "linked")  # a linked folder is read
-    os.symlink("..", src / "up")  # a loop back above the input is not
-    os.mkfifo(src / "pipe.jpg")  # listing must not open it (it would block for ever)
-    names = lambda output: sorted(str(p.relative_to(src)) for p in _collect_inputs(src, output))  # noqa: E731
-    assert names(tmp_path / "out") == ["a.jpg", "linked/b.png", "zebra/a.png"]
-    assert names(src / "zebra") == ["a.jpg", "linked/b.png"]  # the last run's output, inside the input: left out
-    assert names(src) == ["a.jpg", "linked/b.png", "zebra/a.png"]  # the input itself: _destinations decides
-    assert [p.name for p in _collect_inputs(src / "a.jpg", src)] == ["a.jpg"]
-
-
-def test_translate_holds_few_decoded_images_when_sizes_vary(tmp_path, monkeypatch):
-    from PIL import Image
-
-    from jaxgan import translate
-
-    files = [tmp_path / f"{i:02d}.png" for i in range(40)]
-    for i, f in enumerate(files):  # 20 sizes, 2 images each, the pairs far apart in the listing
-        Image.fromarray(np.full((8 + 4 * (i % 20), 8, 3), i, np.uint8)).save(f)
-    loads, real = [], translate.image_io.load_image
-    monkeypatch.setattr(translate.image_io, "load_image", lambda f: loads.append(f) or real(f))
-    done, held = [], []
-    for paths, images in translate._batches_by_size(files, batch_size=3):
-        assert images.shape[0] == len(paths) and len({np.asarray(real(p)).shape for p in paths}) == 1
-        held.append(len(loads) - len(done))  # decoded, not yet handed out
-        done += paths
-    assert sorted(done) == files and max(held) <= translate.HELD_BATCHES * 3, held
-
-
 def test_translate_cli_odd_size_image_folder_and_errors(tmp_path, uninterrupted):
     from PIL import Image
 

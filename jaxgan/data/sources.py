@@ -109,7 +109,7 @@ class _FolderSource(Source):
                 f"{self.root} has no {split}/ folder (it has: {', '.join(present) or 'no sub-folders'}).{hint}\n"
                 + _layout(self.root)
             )
-        files, others = image_io.list_images(folder)
+        files, others = image_io.find_images(folder)
         if not files:
             raise DataError(
                 f"{folder} holds no images ({len(others)} other files). "
