@@ -56,6 +56,11 @@ def config_differences(mine: dict[str, Any], reference: dict[str, Any]) -> list[
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
 
 
+def _differences_from_process_0(mine: dict[str, Any]) -> list[str]:
+    """:func:`config_differences` of this process's ``mine`` against process 0's (a collective)."""
+    return config_differences(mine, json.loads(_from_process_0(json.dumps(mine, sort_keys=True))))
+
+
 def _sees(marker: pathlib.Path, token: str) -> bool:
     deadline = time.monotonic() + SEE_WAIT_S
     while True:
@@ -84,7 +89,7 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     if jax.process_count() == 1:
         return
     mine = checkpoint.config_to_dict(config)  # JSON types: tuples are lists on every process alike
-    differences = config_differences(mine, json.loads(_from_process_0(json.dumps(mine, sort_keys=True))))
+    differences = _differences_from_process_0(mine)
     token, unwritable = secrets.token_hex(8), None
     if jax.process_index() == 0:
         try:
@@ -143,7 +148,7 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     if jax.process_count() == 1:
         return
     mine = checkpoint.config_to_dict({k: config.get(k) for k in DATA_FIELDS})
-    differences = config_differences(mine, json.loads(_from_process_0(json.dumps(mine, sort_keys=True))))
+    differences = _differences_from_process_0(mine)
     other_data = _processes_with(len(differences))
     if other_data:
         here = f" Here: {'; '.join(differences)}." if differences else ""
