@@ -265,7 +265,7 @@ def _train_and_evaluate(
                 pending.append((step, metrics))
                 is_last = step == total_steps
                 do_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
-                stop = preempt.requested(sync=(step % log_every == 0) or do_ckpt or is_last)
+                stop = preempt.requested(step, sync=(step % log_every == 0) or do_ckpt or is_last)
                 if step % log_every == 0 or do_ckpt or stop or is_last:
                     now = time.perf_counter()
                     mean = flush(step, now - t_last, steps_since * int(config.batch_size))
@@ -293,7 +293,7 @@ def _train_and_evaluate(
                 if stop:
                     ckpt.wait()
                     sig = preempt.signal
-                    name = signal.Signals(sig).name if sig else "a signal on another process"
+                    name = signal.Signals(sig).name if sig else "a signal on another process"  # (Ctrl-C there)
                     msg = f"Received {name}: saved the checkpoint at step {step} in {ckpt.directory}; "
                     log.warning(msg + "rerun the same command to resume.")
                     if main:

@@ -8,8 +8,8 @@ watcher thread reading it ends the process as soon as the second SIGINT arrives,
 Nothing is lost that the user did not ask to lose: checkpoints are written to a temporary folder and
 renamed when complete, so a save cut short leaves the previous checkpoint (see ``jaxgan.checkpoint``).
 
-With several processes, a signal that reaches some of them stops all at the next step where the loop
-asks every process (:meth:`Preemption.requested` with ``sync``), so that they save together.
+With several processes, a signal that reaches some of them stops all at the same step, so that they save
+together (:meth:`Preemption.requested`).
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ class Preemption:
         read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        first = _FIRST_OF_SEVERAL if jax.process_count() > 1 else _FIRST
+        several = jax.process_count() > 1
+        first = _FIRST_OF_SEVERAL if several else _FIRST
         threading.Thread(target=self._watch, args=(read, first), name="jaxgan-ctrl-c", daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # Several processes: SIGTERM stays with JAX's preemption notifier (see requested()).
+        for sig in (signal.SIGINT,) if several else (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -93,15 +95,18 @@ class Preemption:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def requested(self, sync: bool) -> bool:
-        """Whether to stop after this step.
+    def requested(self, step: int, sync: bool) -> bool:
+        """Whether to stop after ``step``; call it after every step, on every process.
 
-        One process: whether it got a signal. Several: whether any of them did, asked only on ``sync``
-        steps (the loop's log, checkpoint and last steps, the same on every process), and False on the
-        others. A process must not stop on its own: its save would wait for peers that are waiting for
-        it inside the next step's collectives, and neither would ever return.
+        One process: whether it got a signal. Several: a SIGTERM is JAX's preemption notice, caught by
+        ``jax.distributed`` from its start (also before this context is entered) and agreed on through
+        ``reached_preemption_sync_point``: every process stops at the same step, soon after. A Ctrl-C is
+        asked of every process on ``sync`` steps (the loop's log, checkpoint and last steps). A process
+        must never stop on its own: its save would wait for peers that wait for it inside the next step.
         """
-        flag = self.signal is not None
-        if jax.process_count() > 1:
-            flag = sync and bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-        return flag
+        if jax.process_count() == 1:
+            return self.signal is not None
+        if multihost_utils.reached_preemption_sync_point(step):
+            self.signal = self.signal or signal.SIGTERM
+            return True
+        return sync and bool(np.any(multihost_utils.process_allgather(np.asarray(self.signal is not None))))

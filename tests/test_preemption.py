@@ -62,4 +62,4 @@ def test_leaving_restores_the_handlers_and_stops_the_watcher():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert signal.set_wakeup_fd(-1) == -1  # no wakeup pipe left behind
     watchers[0].join(timeout=5)
-    assert not watchers[0].is_alive() and not preempt.requested(sync=True)
+    assert not watchers[0].is_alive() and not preempt.requested(1, sync=True)
