@@ -135,11 +135,9 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     peers.check(config, workdir)  # several processes: one config, one shared workdir
     config_check.check(config)  # every field, before any data is read or anything compiled
+    lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with contextlib.ExitStack() as stack:
-        if jax.process_index() == 0:  # another run training here stops every process, not only this one
-            peers.together(lambda: stack.enter_context(run_lock.RunLock(workdir)))
-        else:
-            peers.together(lambda: None)
+        peers.together(lambda: stack.enter_context(lock))  # another run training here stops every process
         return _train_and_evaluate(config, workdir, on_log)
 
 
