@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 import ml_collections
 from absl import app, flags
@@ -99,18 +100,19 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxgan import checkpoint, input_pipeline, loop, results, run_lock
+    from jaxgan import checkpoint, input_pipeline, loop, peer_failure, preemption, results, run_lock
 
     # Our own INFO lines from process 0, short; libraries (Orbax, absl) only at WARNING.
     absl_logging.get_absl_handler().setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("jaxgan").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
-        if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply
-            overrides = config_flags.get_override_values(FLAGS["config"])
-            results.results_only(results.config_of_run(workdir, config, overrides), workdir)
-        else:
-            loop.train_and_evaluate(config, workdir)
+        with peer_failure.Watch():  # several processes: one that fails stops the others at once
+            if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply
+                overrides = config_flags.get_override_values(FLAGS["config"])
+                results.results_only(results.config_of_run(workdir, config, overrides), workdir)
+            else:
+                loop.train_and_evaluate(config, workdir)
     except (
         input_pipeline.DataError,
         checkpoint.CheckpointError,
@@ -121,8 +123,21 @@ def main(argv: list[str]) -> int:
         results.ResultsError,
     ) as e:
         print(f"\nerror: {e}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    except BaseException as e:
+        if jax.process_count() == 1:
+            raise
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C before the training loop, which handles its own
+            print("\nInterrupted (Ctrl-C) before training: nothing was saved.", file=sys.stderr)
+            status = preemption.EXIT_STATUS
+        else:
+            traceback.print_exc()
+            status = 1
+    else:
+        return 0
+    if jax.process_count() > 1:  # a return would wait in JAX's shutdown barrier for peers that are gone
+        peer_failure.exit_now(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Nothing is lost that the user did not ask to lose: checkpoints are written to a 
 renamed when complete, so a save cut short leaves the previous checkpoint (see ``jaxgan.checkpoint``).
 
 With several processes, a signal that reaches some of them stops all at the same step, so that they save
-together (:meth:`Preemption.requested`).
+together (:meth:`Preemption.requested`); a second Ctrl-C on one of them ends the others too
+(``jaxgan.peer_failure``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxgan import peer_failure
+
 EXIT_STATUS = 128 + signal.SIGINT  # what a shell reports for a process ended by Ctrl-C
 
 _FIRST = (b"\nCtrl-C: the step in flight finishes and a checkpoint is saved, then training stops. "
           b"Press Ctrl-C again to stop at once without saving.\n")  # fmt: skip
 _FIRST_OF_SEVERAL = (b"\nCtrl-C: training stops at the next logging or checkpoint step, where all processes save "
-                     b"one checkpoint together. Press Ctrl-C again to stop this process at once without saving "
-                     b"(the others then abort).\n")  # fmt: skip
+                     b"one checkpoint together. Press Ctrl-C again to stop every process at once without "
+                     b"saving.\n")  # fmt: skip
 _SECOND = b"\nSecond Ctrl-C: stopped at once. Rerun the same command to resume from the last checkpoint.\n"
 
 
@@ -81,8 +84,9 @@ class Preemption:
                     presses += 1
                     with contextlib.suppress(OSError):
                         os.write(2, first if presses == 1 else _SECOND)
-                    if presses > 1:
-                        os._exit(EXIT_STATUS)  # from this thread: the main one may be inside XLA
+                    if presses > 1:  # end from this thread: the main one may be inside XLA
+                        peer_failure.announce("a second Ctrl-C (stopped at once, without saving)")
+                        peer_failure.exit_now(EXIT_STATUS, flush=False)
         finally:
             os.close(read)
 

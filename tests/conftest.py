@@ -16,6 +16,7 @@ import os
 import pathlib
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -61,6 +62,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def two_training_processes(
+    workdirs, *extra, per_process=((), ()), env=({}, {}), launch=("-m", "experiments.horse2zebra")
+):
+    """The training command (the tiny config, global batch 4) as processes 0 and 1 of one job, 2 CPU devices each.
+
+    ``extra`` flags go to both, ``per_process[i]`` and ``env[i]`` to process i alone; ``launch`` replaces
+    ``-m experiments.horse2zebra`` (``-c CODE`` that runs it). Returns the two ``Popen``, stdout and stderr merged.
+    """
+    port = free_port()
+    cmd = [sys.executable, *launch, "--config=experiments/configs/horse2zebra.py:tiny", "--config.batch_size=4",
+           "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           *extra]  # fmt: skip
+    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
+                             env={**cpu_devices_env(2), **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+            for i in range(2)]  # fmt: skip
 
 
 def tiny_config(**overrides):

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cosine_and_ratio, cpu_devices_env, free_port
+from conftest import ROOT, cosine_and_ratio, cpu_devices_env, free_port, two_training_processes
 from jax.sharding import PartitionSpec as P
 
 WORKER = str(ROOT / "tests" / "parallel_worker.py")
@@ -204,13 +204,7 @@ def test_a_process_id_alone_is_refused():
 
 def test_experiment_command_runs_as_two_processes(tmp_path):
     # The user-facing command, two processes x 2 CPU devices: training, cooperative checkpoint, process-0 outputs.
-    port = free_port()
-    env = cpu_devices_env(2)
-    cmd = [sys.executable, "-m", "experiments.horse2zebra", f"--workdir={tmp_path}",
-           "--config=experiments/configs/horse2zebra.py:tiny", "--config.num_train_steps=4", "--config.batch_size=4",
-           "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]  # fmt: skip
-    procs = [subprocess.Popen([*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]  # fmt: skip
+    procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=4")
     outs = [_check(p) for p in procs]
     assert "2 process(es), 4 device(s)" in outs[0]
     assert "Results page" in outs[0] and "Results page" not in outs[1]  # only process 0 logs and writes

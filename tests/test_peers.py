@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, cpu_devices_env, free_port
+from conftest import ROOT, cpu_devices_env, free_port, two_training_processes
 
 
 def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
@@ -27,18 +27,6 @@ def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
     assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr
 
 
-def _two_processes(workdirs, *extra, per_process=((), ()), env=({}, {})):
-    """The training command as processes 0 and 1 (2 CPU devices each, ``env`` added); stdout and stderr merged."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
-           "--config.batch_size=4", "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", *extra]  # fmt: skip
-    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
-                             env={**cpu_devices_env(2), **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-            for i in range(2)]  # fmt: skip
-
-
 def _finish(procs, timeout=240):
     try:
         return [p.communicate(timeout=timeout)[0] for p in procs]
@@ -50,13 +38,13 @@ def _finish(procs, timeout=240):
 def test_processes_with_other_configs_or_unshared_workdirs_all_stop_at_start(tmp_path):
     # Another learning rate on process 1 used to train silently apart; node-local workdirs failed at the first
     # checkpoint and then hung. Both are now one error on every process before anything is compiled or saved.
-    procs = _two_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
+    procs = two_training_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] were started with another config than process 0" in out for out in outs), outs
     assert "lr: 0.02 here, 0.0002 on process 0" in outs[1] and "Traceback" not in outs[0] + outs[1]
     assert not (tmp_path / "run" / "checkpoints").exists() and not list((tmp_path / "run").glob(".peers-*"))
-    procs = _two_processes([tmp_path / "node0", tmp_path / "node1"])
+    procs = two_training_processes([tmp_path / "node0", tmp_path / "node1"])
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] do not see the files process 0 writes in --workdir" in out for out in outs), outs
@@ -67,7 +55,7 @@ def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
     # first steps, or still before its training loop. It used to stop alone between log steps, its save waiting
     # for a peer that waited in the next step, both for ever; before its loop, JAX's own SIGTERM handler took
     # the signal and training went on to the end. Now both save at the same step soon after and exit 0.
-    procs = _two_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
+    procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
                            "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
     for line in procs[0].stdout:
         if "Starting a new run" in line:
@@ -87,7 +75,7 @@ def test_a_start_up_error_on_one_process_stops_both(tmp_path):
     from jaxgan import run_lock
 
     with run_lock.RunLock(tmp_path):
-        procs = _two_processes([tmp_path] * 2)
+        procs = two_training_processes([tmp_path] * 2)
         outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert "Wait for it to finish" in outs[0] and "process(es) [0] stopped with an error during start-up" in outs[1]
@@ -99,9 +87,71 @@ def test_processes_that_read_other_data_stop_at_start(tmp_path):
 
     for i, n in ((0, 8), (1, 12)):
         make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": n, "trainB": n, "testA": 2, "testB": 2})
-    procs = _two_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
+    procs = two_training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
                            env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] read other data than process 0" in out for out in outs), outs
     assert "steps_per_epoch: 3 here, 2 on process 0" in outs[1], outs[1]
+
+
+# Process 1 raises at step 25 of a real run (an error of its own, as from a full disk or a bug): the training
+# command, with the train loop's per-step check wrapped to fail there.
+_FAIL_AT_25 = """
+import runpy, sys
+from jaxgan.preemption import Preemption
+requested = Preemption.requested
+def failing(self, step, sync):
+    if step == 25 and "--process_id=1" in sys.argv:
+        raise RuntimeError("injected fault on process 1")
+    return requested(self, step, sync)
+Preemption.requested = failing
+runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
+"""
+_LONG_RUN = ("--config.num_train_steps=400", "--config.log_every_steps=10", "--config.checkpoint_every_steps=10",
+             "--config.sample_every_steps=0")  # fmt: skip
+
+
+def _read_until(proc, text: str) -> str:
+    """Read ``proc``'s output until a line holds ``text``; what it printed until then."""
+    head = []
+    for line in proc.stdout:
+        head.append(line)
+        if text in line:
+            break
+    return "".join(head)
+
+
+def test_a_late_error_on_one_process_stops_both_at_once(tmp_path):
+    # It used to hang both processes for five minutes (JAX's shutdown barrier), then abort both with native stack
+    # traces. Now process 1 announces its error and process 0 stops a second later, saying why.
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=("-c", _FAIL_AT_25))
+    head = _read_until(procs[0], "Starting a new run")
+    t = time.monotonic()
+    outs = _finish(procs, timeout=240)
+    seconds, outs[0] = time.monotonic() - t, head + outs[0]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert "RuntimeError: injected fault on process 1" in outs[1] and "Traceback" in outs[1]
+    assert ("error: process 1 stopped with RuntimeError: injected fault on process 1 (its output has the details). "
+            "Process 0 stops too") in outs[0], outs[0]  # fmt: skip
+    assert "Check failure" not in outs[0] + outs[1], outs
+    assert seconds < 120, (seconds, outs)  # 10-20 s here, mostly the first step's compilation and 25 steps
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert 10 in steps and set(steps) <= {10, 20}, steps  # the checkpoints before the failure stay
+
+
+def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
+    # Process 1 gets two Ctrl-C: it ends at once (130), and process 0, which waited for it in the next step, a
+    # second later with one line, instead of after JAX's heartbeat timeout with a native stack trace.
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN)
+    _read_until(procs[0], "step 10 ")  # process 0 logged step 10: process 1 is in its training loop too
+    procs[1].send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    procs[1].send_signal(signal.SIGINT)
+    t = time.monotonic()
+    outs = _finish(procs, timeout=120)
+    seconds = time.monotonic() - t
+    assert [p.returncode for p in procs] == [1, 130], outs
+    assert "Second Ctrl-C: stopped at once" in outs[1], outs[1]
+    assert "error: process 1 stopped with a second Ctrl-C (stopped at once, without saving)" in outs[0], outs[0]
+    assert "Check failure" not in outs[0] + outs[1] and seconds < 20, (seconds, outs)
