@@ -16,6 +16,7 @@ status 1); the folder's valid images are still written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import pathlib
@@ -185,6 +186,25 @@ def _destinations(
     return dests
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a translation reads and writes, checked before any generator is loaded (see :func:`plan`)."""
+
+    inputs: pathlib.Path  # the file or folder given
+    output: pathlib.Path  # the output folder: it exists and is writable
+    destinations: dict[pathlib.Path, pathlib.Path]  # input image -> output PNG, in reading order
+
+
+def plan(inputs: str | pathlib.Path, output: str | pathlib.Path) -> Plan:
+    """List the input images and their outputs; ``TranslateError`` for a missing input, no images, an
+    unwritable output, or outputs that would collide or overwrite an input. A missing input leaves no
+    output folder behind."""
+    inputs = pathlib.Path(inputs)
+    files = _collect_inputs(inputs, pathlib.Path(output))
+    output = prepare_output(output)
+    return Plan(inputs, output, _destinations(files, inputs if inputs.is_dir() else inputs.parent, output))
+
+
 NORM_STATS = ("global", "tile")  # the first is the default
 TILE, OVERLAP = 512, 64  # default tile side and overlap, in pixels (the command line's and jaxgan.app's)
 MIN_TILE = 64  # smaller tiles see too little context: the generator's output turns to noise
@@ -222,8 +242,8 @@ def _save_png(path: pathlib.Path, image: np.ndarray) -> None:
 def translate_files(
     generator: models.ResnetGenerator,
     params: PyTree,
-    inputs: str | pathlib.Path,
-    output: str | pathlib.Path,
+    inputs: str | pathlib.Path | Plan,
+    output: str | pathlib.Path | None,
     batch_size: int = 8,
     tile: int = 512,
     overlap: int = 64,
@@ -234,6 +254,9 @@ def translate_files(
 ) -> list[pathlib.Path]:
     """Translate a file or a folder tree into ``output`` (same relative names, ``.png``).
 
+    ``inputs`` may instead be a :class:`Plan` made earlier (``output`` is then ``None``): its listing and
+    checks are not repeated.
+
     Images with a side over ``tile`` are translated in overlapping tiles (``tile=0``: always
     whole; ``norm_stats`` as in :func:`translate_image`); ``max_size`` first shrinks images whose
     longer side exceeds it (0: never). In a
@@ -243,13 +266,16 @@ def translate_files(
     """
     if batch_size < 1 or max_size < 0:
         raise TranslateError(f"batch_size must be >= 1 and max_size >= 0, got {batch_size} and {max_size}.")
-    inputs = pathlib.Path(inputs)
-    output = prepare_output(output)
-    files = _collect_inputs(inputs, output)
-    root = inputs if inputs.is_dir() else inputs.parent
-    dests = _destinations(files, root, output)
+    if isinstance(inputs, Plan):
+        if output is not None and pathlib.Path(output) != inputs.output:
+            raise TranslateError(f"output {output} differs from the plan's {inputs.output}; pass None.")
+        planned = inputs
+    else:
+        planned = plan(inputs, output)
+    dests, output = planned.destinations, planned.output
+    files = list(dests)
     written, ready = [], {output}  # folders checked writable (each once)
-    tolerant = skipped if inputs.is_dir() else None
+    tolerant = skipped if planned.inputs.is_dir() else None
     skipped_before = len(tolerant or ())
 
     def report() -> None:
@@ -319,14 +345,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     skipped: list[str] = []
     try:
         # A bad output, a missing input or an input the output would overwrite fail before the generator loads.
-        inputs = pathlib.Path(args.input)
-        files = _collect_inputs(inputs, pathlib.Path(args.output))  # a missing input leaves no output folder
-        _destinations(files, inputs if inputs.is_dir() else inputs.parent, prepare_output(args.output))
+        planned = plan(args.input, args.output)
         # Its source names the step and weights used: a newer checkpoint may have been unreadable.
         generator, params, _, source = generator_loading.load(args.direction, args.workdir, args.checkpoint,
                                                               args.weights)  # fmt: skip
-        with tqdm(total=len(files), unit="image", disable=None) as bar:  # shown on a terminal only
-            written = translate_files(generator, params, args.input, args.output, args.batch_size, args.tile,
+        with tqdm(total=len(planned.destinations), unit="image", disable=None) as bar:  # shown on a terminal only
+            written = translate_files(generator, params, planned, None, args.batch_size, args.tile,
                                       args.overlap, args.max_size, skipped, args.norm_stats,
                                       lambda done: bar.update(done - bar.n))  # fmt: skip
     except (TranslateError, generator_loading.GeneratorLoadError, image_io.DataError) as e:

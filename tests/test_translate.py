@@ -6,6 +6,7 @@ The command line on a trained run (outputs, errors, checkpoints) is tested in te
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from jaxgan import translate
@@ -64,3 +65,14 @@ def test_progress_counts_every_input_and_link_loops_are_skipped(tmp_path):
     assert sorted(p.name for p in written) == ["a.png", "b.png", "c.png"]
     assert [s.split(":")[0] for s in skipped[1:]] == [str(src / "z1.jpg"), str(src / "z2.jpg")], skipped
     assert progress == sorted(progress) and progress[-1] == 5  # 3 written + 2 skipped, not the earlier entry
+
+    # A plan made before the generator loads (as the command does) is translated as listed, not listed again.
+    planned = translate.plan(src, tmp_path / "planned")
+    (src / "a.png").rename(src / "renamed.png")  # after the listing: missing for the plan, not re-listed
+    skipped = []
+    written = translate.translate_files(generator, params, planned, None, skipped=skipped)
+    assert sorted(p.name for p in written) == ["b.png", "c.png"]
+    assert sorted(s.split(":")[0] for s in skipped) == [str(src / n) for n in ("a.png", "z1.jpg", "z2.jpg")]
+    with pytest.raises(translate.TranslateError, match="differs from the plan's"):
+        translate.translate_files(generator, params, planned, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
