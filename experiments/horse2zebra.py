@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from jaxgan import cpu_memory, parallel
+    from jaxgan import compile_cache, cpu_memory, parallel
 
     try:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -97,6 +97,7 @@ def main(argv: list[str]) -> int:
         return 2
     if FLAGS.reuse_cpu_memory:  # before any JAX backend exists
         cpu_memory.reuse_step_memory()
+    compile_cache.enable()  # a resumed run reads its compiled step from disk
 
     import jax
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from jaxgan import checkpoint, generator_checkpoint, generator_loading, image_io, models, translate
+from jaxgan import checkpoint, compile_cache, generator_checkpoint, generator_loading, image_io, models, translate
 
 if TYPE_CHECKING:
     import gradio as gr  # an optional extra: imported where the page is built
@@ -317,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     if args.max_size < 0:
         parser.error("--max_size must be >= 0 (0: no cap)")
     if not 1 <= args.port <= 65535:

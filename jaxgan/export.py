@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgan import output_files
+from jaxgan import compile_cache, output_files
 
 PyTree = Any
 FORMATS = ("onnx", "stablehlo", "pth")
@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default="ema", choices=("ema", "raw"), help="with --workdir: which weights")
     parser.add_argument("--no_verify", action="store_true", help="skip running the exported model once")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     from jaxgan import generator_loading, interop
 
     try:

@@ -29,7 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgan import conv_forms, cpu_memory, generator_loading, global_norm, image_io, models, output_files, tiling
+from jaxgan import (
+    compile_cache,
+    conv_forms,
+    cpu_memory,
+    generator_loading,
+    global_norm,
+    image_io,
+    models,
+    output_files,
+    tiling,
+)
 
 PyTree = Any
 
@@ -342,6 +352,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.max_size < 0 or 0 < args.max_size < 16:
         parser.error(f"--max_size must be 0 (never shrink) or at least 16 pixels, got {args.max_size}")
     cpu_memory.reuse_step_memory()  # before JAX starts; only on CPU-only machines
+    compile_cache.enable()  # each image size compiles once per machine, not once per run
     skipped: list[str] = []
     try:
         # A bad output, a missing input or an input the output would overwrite fail before the generator loads.
