@@ -128,8 +128,8 @@ def main(argv: list[str]) -> int:
     except BaseException as e:
         if jax.process_count() == 1:
             raise
-        if isinstance(e, KeyboardInterrupt):  # Ctrl-C before the training loop, which handles its own
-            print("\nInterrupted (Ctrl-C) before training: nothing was saved.", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt):  # outside the training loop, which handles its own Ctrl-C
+            print("\nInterrupted (Ctrl-C); the checkpoints written so far are kept.", file=sys.stderr)
             status = preemption.EXIT_STATUS
         else:
             traceback.print_exc()

@@ -5,18 +5,21 @@ unreadable file, a bug) leaves the others waiting for it inside the next step's 
 waits at exit in JAX's shutdown barrier for them: every process hung until that barrier timed out, then
 all aborted with native stack traces (2 processes on this CPU, jax 0.10.2: 305 s, exit status 134).
 
-Here a process that fails writes one line to the job's key-value store (JAX's coordination service, which
-every process already talks to): :class:`Watch` does it for an exception, :func:`announce` for a process
-that is about to end at once (a second Ctrl-C). A watcher thread in every process waits on that key (a
-blocking read, renewed every ``WAIT_S``) and, when a peer has failed, prints what failed and
-ends its own process. That process was waiting
-for a step that can never finish, so nothing it could still save is lost: the checkpoints already written
-stay, and a save cut short leaves the one before it (see ``jaxgan.checkpoint``).
+Here the processes share three kinds of keys in the job's key-value store (JAX's coordination service,
+which every process already talks to):
 
-The failed process must end with :func:`exit_now` (the training command does), not by returning from its
-main function: that return would wait in JAX's shutdown barrier for peers that are gone. Process 0 holds
-the coordination service, so it ends last; a peer whose service vanished first would abort with a native
-stack trace instead of its line.
+- ``failed``: the first process that fails writes its index and error (:class:`Watch` for an exception,
+  :func:`announce` for a second Ctrl-C). A watcher thread in every process waits on that key (a blocking
+  read, renewed every ``WAIT_S``); when a peer has failed, it prints one line and ends its process, which
+  was waiting for a step that can never finish. The checkpoints already written stay, and a save cut
+  short leaves the one before it (see ``jaxgan.checkpoint``).
+- ``left/<i>``: process i's exit status, written when it leaves its :class:`Watch` or ends with
+  :func:`exit_now`. Leaving a Watch waits until every process has left (JAX's shutdown barrier at exit
+  would wait for them anyway). If all left with 0, they return normally; if any did not, every process
+  ends with :func:`exit_now`: one that returned would wait in the shutdown barrier for a peer that ends
+  without it (process 0 failing while it writes the results page, after the others finished).
+- ``gone/<i>``: written by process i just before it ends. Process 0 holds the coordination service and
+  ends last, after every ``gone`` key: a peer whose service vanished aborts with a native stack trace.
 
 A process killed outright (``kill -9``, a lost host) writes nothing; JAX's heartbeat ends the others then,
 within its timeout (100 s by default).
@@ -34,12 +37,13 @@ from typing import Any, NoReturn
 
 import jax
 
-WAIT_S = 1.0  # a watcher's blocking read of the failure key, renewed while none is set (returns as one is set)
+WAIT_S = 1.0  # one blocking read of the store; renewed while nothing is set (it returns as soon as it is)
 GRACE_S = 1.0  # a watcher that saw a failure waits this long for its own process to stop on its own
-LAST_WAIT_S = 10.0  # how long a process that ends waits for the others to end too (see exit_now)
+LAST_WAIT_S = 10.0  # how long a process that ends waits for the others to decide (see exit_now)
 _PREFIX = "jaxgan/peer_failure"
 _generation = 0  # one key space per Watch: the processes enter their Watches in the same order
 _announced = False
+_watching = False  # inside a Watch: the others write their left/ keys
 
 
 def _client() -> Any | None:
@@ -51,15 +55,15 @@ def _client() -> Any | None:
     return getattr(getattr(distributed, "global_state", None), "client", None)
 
 
+def _key(name: str) -> str:
+    return f"{_PREFIX}/{_generation}/{name}"
+
+
 def describe(error: BaseException) -> str:
     """``"Type: first line of the message"``, at most 300 characters."""
     first = (str(error).strip().splitlines() or [""])[0]
     text = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _failure_key(generation: int) -> str:
-    return f"{_PREFIX}/{generation}/failed"
 
 
 def announce(what: str) -> None:
@@ -73,7 +77,28 @@ def announce(what: str) -> None:
         return
     _announced = True
     with contextlib.suppress(Exception):  # set already (a peer failed first), or the service is gone
-        client.key_value_set(_failure_key(_generation), f"{jax.process_index()}\t{what}")
+        client.key_value_set(_key("failed"), f"{jax.process_index()}\t{what}")
+
+
+def _set(client: Any, name: str, value: str) -> None:
+    with contextlib.suppress(Exception):  # set already (the main thread and the watcher both got here)
+        client.key_value_set(_key(name), value)
+
+
+def _wait_for_all(client: Any, prefix: str, deadline: float | None, indices: range) -> dict[int, str]:
+    """``{i: value}`` of the keys ``prefix/i`` set by ``deadline`` (None: wait for all of them)."""
+    found: dict[int, str] = {}
+    for i in indices:
+        while i not in found:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return found
+            try:
+                found[i] = client.blocking_key_value_get(_key(f"{prefix}/{i}"), int(1000 * min(left or WAIT_S, WAIT_S)))
+            except Exception as e:  # noqa: BLE001
+                if "DEADLINE_EXCEEDED" not in str(e):
+                    return found  # the service is gone
+    return found
 
 
 def _flush() -> None:
@@ -88,33 +113,34 @@ def _flush() -> None:
 def exit_now(status: int, flush: bool = True) -> NoReturn:
     """End this process with ``status`` at once, skipping JAX's shutdown barrier (several processes).
 
-    With several processes it first waits (up to :data:`LAST_WAIT_S`) until every process has come here: a
-    process that ended earlier would break its peers' collectives (on CPU, Gloo raises in them at once) or,
-    for process 0, their coordination service, before their watchers had printed why. Process 0 ends last.
-    ``flush=False`` leaves Python's buffered streams alone (from a thread that must not wait for their locks).
+    Inside a :class:`Watch` it first records ``status`` as this process's ``left`` key and waits (up to
+    :data:`LAST_WAIT_S`) until every process has one: a process that ended earlier would break its peers'
+    collectives (on CPU, Gloo raises in them at once) before their watchers had printed why. Process 0
+    ends last. ``flush=False`` leaves Python's buffered streams alone (for a thread that must not wait for
+    their locks).
     """
     if flush:
         _flush()
     client = _client()
-    if client is not None:
-        me, count = jax.process_index(), jax.process_count()
-        with contextlib.suppress(Exception):
-            with contextlib.suppress(Exception):  # set twice when the main thread and the watcher both get here
-                client.key_value_set(f"{_PREFIX}/exited/{me}", str(status))
-            deadline = time.monotonic() + LAST_WAIT_S
-            while len(client.key_value_dir_get(f"{_PREFIX}/exited/")) < count and time.monotonic() < deadline:
-                time.sleep(0.05)
+    if client is not None and _watching:
+        me, everyone = jax.process_index(), range(jax.process_count())
+        _set(client, f"left/{me}", str(status))
+        _wait_for_all(client, "left", time.monotonic() + LAST_WAIT_S, everyone)
         # What this process would still print is noise now (a collective failing as its peers end).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        if me == 0:
-            time.sleep(0.2)  # the others have seen every key; let them reach os._exit before the service ends
+        if me == 0:  # the service ends with this process: after the others
+            _wait_for_all(client, "gone", time.monotonic() + LAST_WAIT_S, range(1, len(everyone)))
+            time.sleep(0.5)  # from their last key to their os._exit
+        else:
+            _set(client, f"gone/{me}", "")
     os._exit(status)
 
 
 class Watch:
-    """Context manager: a peer that fails ends this process; an exception that leaves it is announced.
+    """Context manager: a peer that fails ends this process; an exception that leaves it is announced,
+    and a process that leaves it waits for the others (see the module's doc).
 
     With one process it does nothing. Enter it on every process at the same point (the training command
     does, around everything after ``jax.distributed`` starts), and end a process that failed with
@@ -124,43 +150,58 @@ class Watch:
     def __init__(self) -> None:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._client: Any | None = None
 
     def __enter__(self) -> Watch:
-        global _generation, _announced
-        client = _client()
-        if client is None:
+        global _generation, _announced, _watching
+        self._client = _client()
+        if self._client is None:
             return self
         _generation += 1
-        _announced = False
-        self._thread = threading.Thread(target=self._watch, args=(client, _generation), name="jaxgan-peers",
-                                        daemon=True)  # fmt: skip
+        _announced, _watching = False, True
+        self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        global _watching
+        if self._client is None:
+            return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
         if error is not None:
             announce(describe(error))
-        if self._thread is not None:
-            # Out of its read before Python shuts down: a daemon thread still inside the C++ client then
-            # aborts the process ("FATAL: exception not rethrown").
-            self._thread.join(timeout=2 * WAIT_S + GRACE_S)
-            self._thread = None
+        me = jax.process_index()
+        _set(self._client, f"left/{me}", "0" if error is None else "1")
+        # Every process leaves (or ends) before any returns. A Ctrl-C here ends the wait like any error.
+        left = _wait_for_all(self._client, "left", None, range(jax.process_count()))
+        _set(self._client, "failed", "-1\tnone: every process has left")  # wakes the watchers (unless one failed)
+        # Out of its read before Python shuts down: a daemon thread still inside the C++ client then
+        # aborts the process ("FATAL: exception not rethrown").
+        self._thread.join(timeout=WAIT_S + GRACE_S + 1)
+        failed = sorted(i for i, status in left.items() if status != "0")
+        if error is None and failed:
+            print(f"\nProcess(es) {failed} stopped with an error (their output has the details). This process "
+                  f"(process {me}) had finished its work, which is saved; it ends now too.",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            exit_now(0)
+        if error is None:
+            _watching = False
+        # else: the caller ends this process with exit_now, which needs _watching
 
-    def _watch(self, client: Any, generation: int) -> None:
+    def _watch(self, client: Any) -> None:
         """Wait for a peer's failure (one blocking read of the store at a time); then end this process."""
         while not self._stopped.is_set():
             try:
-                value = client.blocking_key_value_get(_failure_key(generation), int(WAIT_S * 1000))
+                value = client.blocking_key_value_get(_key("failed"), int(WAIT_S * 1000))
             except Exception as e:  # noqa: BLE001
-                if "DEADLINE_EXCEEDED" in str(e):  # no failure yet
-                    continue
-                return  # the service is gone: JAX's own error handling ends the process
+                if "DEADLINE_EXCEEDED" not in str(e):  # a passing fault of the connection? try again
+                    self._stopped.wait(WAIT_S)
+                continue
             pid, _, what = value.partition("\t")
             me = jax.process_index()
-            if int(pid) == me or self._stopped.wait(GRACE_S):  # this process stops on its own (the same error?)
+            if int(pid) in (me, -1) or self._stopped.wait(GRACE_S):  # this one stops on its own (the same error?)
                 return
-            print(f"\nerror: process {pid} stopped with {what} (its output has the details). Process {me} stops "
-                  f"too, without saving: its step was waiting for process {pid}. Rerun the same command on every "
-                  "process to resume from the last checkpoint.", file=sys.stderr, flush=True)  # fmt: skip
+            print(f"\nerror: process {pid} stopped with {what} (its output has the details). Process {me} cannot "
+                  f"go on without it and stops too. Rerun the same command on every process to resume from the "
+                  "last checkpoint.", file=sys.stderr, flush=True)  # fmt: skip
             exit_now(1)

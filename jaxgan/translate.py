@@ -277,9 +277,11 @@ def translate_files(
     if batch_size < 1 or max_size < 0:
         raise TranslateError(f"batch_size must be >= 1 and max_size >= 0, got {batch_size} and {max_size}.")
     if isinstance(inputs, Plan):
-        if output is not None and pathlib.Path(output) != inputs.output:
+        if output is not None and _real(pathlib.Path(output)) != _real(inputs.output):
             raise TranslateError(f"output {output} differs from the plan's {inputs.output}; pass None.")
         planned = inputs
+    elif output is None:
+        raise TranslateError("output is None: give the output folder (None is only for a Plan, which has one).")
     else:
         planned = plan(inputs, output)
     dests, output = planned.destinations, planned.output

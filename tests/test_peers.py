@@ -133,20 +133,35 @@ def test_a_late_error_on_one_process_stops_both_at_once(tmp_path):
     assert [p.returncode for p in procs] == [1, 1], outs
     assert "RuntimeError: injected fault on process 1" in outs[1] and "Traceback" in outs[1]
     assert ("error: process 1 stopped with RuntimeError: injected fault on process 1 (its output has the details). "
-            "Process 0 stops too") in outs[0], outs[0]  # fmt: skip
+            "Process 0 cannot go on without it and stops too") in outs[0], outs[0]  # fmt: skip
     assert "Check failure" not in outs[0] + outs[1], outs
     assert seconds < 120, (seconds, outs)  # 10-20 s here, mostly the first step's compilation and 25 steps
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert 10 in steps and set(steps) <= {10, 20}, steps  # the checkpoints before the failure stay
 
 
+# Process 1's steps after step 10 take 0.2 s longer, so that its second Ctrl-C, 0.3 s after the first, always comes
+# before the next logging step (where the first would stop both, and save).
+_SLOW_AFTER_10 = """
+import runpy, sys, time
+from jaxgan.preemption import Preemption
+requested = Preemption.requested
+def slow(self, step, sync):
+    if step > 10 and "--process_id=1" in sys.argv:
+        time.sleep(0.2)
+    return requested(self, step, sync)
+Preemption.requested = slow
+runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
     # Process 1 gets two Ctrl-C: it ends at once (130), and process 0, which waited for it in the next step, a
     # second later with one line, instead of after JAX's heartbeat timeout with a native stack trace.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN)
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=("-c", _SLOW_AFTER_10))
     _read_until(procs[0], "step 10 ")  # process 0 logged step 10: process 1 is in its training loop too
     procs[1].send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(0.3)
     procs[1].send_signal(signal.SIGINT)
     t = time.monotonic()
     outs = _finish(procs, timeout=120)
@@ -155,3 +170,32 @@ def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
     assert "Second Ctrl-C: stopped at once" in outs[1], outs[1]
     assert "error: process 1 stopped with a second Ctrl-C (stopped at once, without saving)" in outs[0], outs[0]
     assert "Check failure" not in outs[0] + outs[1] and seconds < 20, (seconds, outs)
+
+
+# Process 0 cannot write the results page (after training, which process 1 finished too).
+_PAGE_FAILS_ON_0 = """
+import runpy, sys
+from jaxgan import report
+def failing(*args, **kwargs):
+    raise OSError(28, "No space left on device (injected)")
+if "--process_id=0" in sys.argv:
+    report.write_results_page = failing
+runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path):
+    # Process 1 had returned and waited in JAX's shutdown barrier; process 0's os._exit took the coordination
+    # service away, and process 1, whose work was done, aborted with a native stack trace. Now process 1 waits
+    # for every process to leave, then ends with status 0 and one line.
+    procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=4", "--config.sample_every_steps=0",
+                                   launch=("-c", _PAGE_FAILS_ON_0))  # fmt: skip
+    outs = _finish(procs, timeout=240)
+    assert [p.returncode for p in procs] == [1, 0], outs
+    assert "No space left on device (injected)" in outs[0], outs[0]
+    assert (
+        "Process(es) [0] stopped with an error (their output has the details). This process (process 1) had "
+        "finished its work, which is saved; it ends now too." in outs[1]
+    ), outs[1]
+    assert "Check failure" not in outs[0] + outs[1], outs
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # the training was saved

@@ -76,3 +76,7 @@ def test_progress_counts_every_input_and_link_loops_are_skipped(tmp_path):
     with pytest.raises(translate.TranslateError, match="differs from the plan's"):
         translate.translate_files(generator, params, planned, tmp_path / "elsewhere")
     assert not (tmp_path / "elsewhere").exists()
+    same = translate.translate_files(generator, params, planned, tmp_path / "in" / ".." / "planned", skipped=[])
+    assert sorted(p.name for p in same) == ["b.png", "c.png"]  # the plan's folder, spelled otherwise
+    with pytest.raises(translate.TranslateError, match="output is None"):
+        translate.translate_files(generator, params, src, None)
