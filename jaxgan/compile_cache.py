@@ -51,6 +51,6 @@ def enable() -> pathlib.Path | None:
                     "elsewhere, or =off.", folder, e)  # fmt: skip
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    if jax.config.jax_compilation_cache_max_size == -1:  # unbounded unless the user set a size
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:  # JAX's default is unbounded
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder

@@ -76,12 +76,13 @@ def announce(what: str) -> None:
     if client is None or _announced:
         return
     _announced = True
-    with contextlib.suppress(Exception):  # set already (a peer failed first), or the service is gone
-        client.key_value_set(_key("failed"), f"{jax.process_index()}\t{what}")
+    _set(client, "failed", f"{jax.process_index()}\t{what}")
 
 
 def _set(client: Any, name: str, value: str) -> None:
-    with contextlib.suppress(Exception):  # set already (the main thread and the watcher both got here)
+    """Set the key ``name`` unless it is set already (a peer failed first; the main thread and the watcher
+    both ending this process), or the service is gone."""
+    with contextlib.suppress(Exception):
         client.key_value_set(_key(name), value)
 
 
