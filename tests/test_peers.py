@@ -172,11 +172,13 @@ def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
     assert "Check failure" not in outs[0] + outs[1] and seconds < 20, (seconds, outs)
 
 
-# Process 0 cannot write the results page (after training, which process 1 finished too).
+# Process 0 cannot write the results page, 5 s after process 1 has finished its part of the results (else
+# process 1 may still be working when the failure comes, and it stops as any peer does, with status 1).
 _PAGE_FAILS_ON_0 = """
-import runpy, sys
+import runpy, sys, time
 from jaxgan import report
 def failing(*args, **kwargs):
+    time.sleep(5)
     raise OSError(28, "No space left on device (injected)")
 if "--process_id=0" in sys.argv:
     report.write_results_page = failing
