@@ -86,19 +86,30 @@ def _set(client: Any, name: str, value: str) -> None:
         client.key_value_set(_key(name), value)
 
 
+def _read(client: Any, name: str, seconds: float) -> str | None:
+    """The key ``name``, waiting up to ``seconds`` for it to be set; None if it was not (other errors raise)."""
+    try:
+        return client.blocking_key_value_get(_key(name), max(1, int(1000 * seconds)))
+    except Exception as e:
+        if "DEADLINE_EXCEEDED" in str(e):
+            return None
+        raise
+
+
 def _wait_for_all(client: Any, prefix: str, deadline: float | None, indices: range) -> dict[int, str]:
     """``{i: value}`` of the keys ``prefix/i`` set by ``deadline`` (None: wait for all of them)."""
     found: dict[int, str] = {}
     for i in indices:
         while i not in found:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            left = WAIT_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 return found
             try:
-                found[i] = client.blocking_key_value_get(_key(f"{prefix}/{i}"), int(1000 * min(left or WAIT_S, WAIT_S)))
-            except Exception as e:  # noqa: BLE001
-                if "DEADLINE_EXCEEDED" not in str(e):
-                    return found  # the service is gone
+                value = _read(client, f"{prefix}/{i}", min(left, WAIT_S))
+            except Exception:  # noqa: BLE001
+                return found  # the service is gone
+            if value is not None:
+                found[i] = value
     return found
 
 
@@ -193,10 +204,11 @@ class Watch:
         """Wait for a peer's failure (one blocking read of the store at a time); then end this process."""
         while not self._stopped.is_set():
             try:
-                value = client.blocking_key_value_get(_key("failed"), int(WAIT_S * 1000))
-            except Exception as e:  # noqa: BLE001
-                if "DEADLINE_EXCEEDED" not in str(e):  # a passing fault of the connection? try again
-                    self._stopped.wait(WAIT_S)
+                value = _read(client, "failed", WAIT_S)
+            except Exception:  # noqa: BLE001 - a passing fault of the connection? try again
+                self._stopped.wait(WAIT_S)
+                continue
+            if value is None:
                 continue
             pid, _, what = value.partition("\t")
             me = jax.process_index()
