@@ -48,6 +48,9 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_integer("distributed_timeout", 300,  # parallel.JOIN_TIMEOUT_S (jaxgan is imported after the flags)
                      "Seconds a multi-process run waits for all its processes to join.")  # fmt: skip
+flags.DEFINE_integer("peer_timeout", 100,  # parallel.PEER_TIMEOUT_S
+                     "Multi-process runs: seconds without JAX's heartbeat from a process (killed, a lost host) "
+                     "before every process is ended; the checkpoints stay.")  # fmt: skip
 flags.DEFINE_bool(
     "reuse_cpu_memory", True,
     "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "
@@ -91,7 +94,7 @@ def main(argv: list[str]) -> int:
 
     try:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                        FLAGS.distributed_timeout)  # fmt: skip
+                                        FLAGS.distributed_timeout, FLAGS.peer_timeout)  # fmt: skip
     except parallel.ParallelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -122,6 +125,7 @@ def main(argv: list[str]) -> int:
         loop.ConfigError,
         run_lock.RunLockError,
         results.ResultsError,
+        peer_failure.PeerLostError,
     ) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         status = 1

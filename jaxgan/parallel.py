@@ -41,6 +41,7 @@ class ParallelError(ValueError):
 
 
 JOIN_TIMEOUT_S = 300  # how long a process waits for all of its peers to join (JAX's own default)
+PEER_TIMEOUT_S = 100  # JAX's heartbeat: a process silent this long is taken as dead, and the job ends (JAX's default)
 
 
 def initialize_distributed(
@@ -48,6 +49,7 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = JOIN_TIMEOUT_S,
+    peer_timeout_s: int = PEER_TIMEOUT_S,
 ) -> bool:
     """Join a multi-process JAX job when asked to; returns True when distributed.
 
@@ -57,10 +59,13 @@ def initialize_distributed(
     environment variables); a single plain process is left alone. Must run
     before any other JAX call that touches devices. A process whose peers have
     not all joined within ``timeout_s`` seconds exits with status 2 and one
-    error line (see :func:`_join`).
+    error line (see :func:`_join`). A process that stops sending JAX's heartbeats for ``peer_timeout_s``
+    seconds (killed, a lost host) is taken as dead and JAX ends every process (see ``jaxgan.peer_failure``).
     """
     if timeout_s < 1:
         raise ParallelError(f"--distributed_timeout must be at least 1 second, got {timeout_s}.")
+    if peer_timeout_s < 10:  # shorter: a loaded host misses heartbeats, and it would cut peer_failure's wait short
+        raise ParallelError(f"--peer_timeout must be at least 10 seconds, got {peer_timeout_s}.")
     if process_id and not (coordinator_address or (num_processes and num_processes > 1)):
         raise ParallelError(f"--process_id={process_id} needs --coordinator_address and --num_processes; alone it "
                             "would train as a single process.")  # fmt: skip
@@ -76,8 +81,8 @@ def initialize_distributed(
         who = f"process {process_id} of {num_processes} (coordinator {coordinator_address})"
         hint = ("Start all of them with the same --coordinator_address and --num_processes and a distinct "
                 "--process_id each, check that the coordinator's host:port is reachable from every host")  # fmt: skip
-        _join(who, hint, timeout_s, coordinator_address=coordinator_address, num_processes=num_processes,
-              process_id=process_id)  # fmt: skip
+        _join(who, hint, timeout_s, peer_timeout_s, coordinator_address=coordinator_address,
+              num_processes=num_processes, process_id=process_id)  # fmt: skip
         return True
     env = os.environ
     slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env
@@ -86,12 +91,12 @@ def initialize_distributed(
     if slurm or tpu_pod or explicit_env:
         where = "SLURM" if slurm else "the TPU pod slice" if tpu_pod else "JAX_COORDINATOR_ADDRESS"
         hint = f"Check that every process of the job started (their list comes from {where})"
-        _join(f"this process (peers from {where})", hint, timeout_s)
+        _join(f"this process (peers from {where})", hint, timeout_s, peer_timeout_s)
         return True
     return False
 
 
-def _join(who: str, hint: str, timeout_s: int, **kwargs: Any) -> None:
+def _join(who: str, hint: str, timeout_s: int, peer_timeout_s: int, **kwargs: Any) -> None:
     """``jax.distributed.initialize(**kwargs)``, bounded by a watchdog.
 
     When peers do not join, JAX aborts the process after its ``initialization_timeout`` with a C++
@@ -110,7 +115,8 @@ def _join(who: str, hint: str, timeout_s: int, **kwargs: Any) -> None:
     watchdog.daemon = True
     watchdog.start()
     try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 60)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 60,
+                                   heartbeat_timeout_seconds=peer_timeout_s)  # fmt: skip
     finally:
         watchdog.cancel()
 

@@ -21,8 +21,11 @@ which every process already talks to):
 - ``gone/<i>``: written by process i just before it ends. Process 0 holds the coordination service and
   ends last, after every ``gone`` key: a peer whose service vanished aborts with a native stack trace.
 
-A process killed outright (``kill -9``, a lost host) writes nothing; JAX's heartbeat ends the others then,
-within its timeout (100 s by default).
+A process killed outright (``kill -9``, out of memory, a lost host) writes nothing. A peer whose step then
+fails (on CPU, Gloo raises in the collective at once) waits ``PEER_WAIT_S`` for the others' ``left`` keys, names
+the processes that never wrote one and ends with :class:`PeerLostError`. A peer whose step cannot fail (NCCL
+waits in the collective), or that had finished and waits for the others, is ended by JAX's heartbeat within its
+timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own message.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import jax
@@ -40,10 +44,16 @@ import jax
 WAIT_S = 1.0  # one blocking read of the store; renewed while nothing is set (it returns as soon as it is)
 GRACE_S = 1.0  # a watcher that saw a failure waits this long for its own process to stop on its own
 LAST_WAIT_S = 10.0  # how long a process that ends waits for the others to decide (see exit_now)
+PEER_WAIT_S = 5.0  # after an error: a live peer writes its left key ~GRACE_S after our failed key (< --peer_timeout)
 _PREFIX = "jaxgan/peer_failure"
 _generation = 0  # one key space per Watch: the processes enter their Watches in the same order
 _announced = False
 _watching = False  # inside a Watch: the others write their left/ keys
+_lost: tuple[int, ...] = ()  # processes that ended without a word (no left key): nobody waits for them
+
+
+class PeerLostError(RuntimeError):
+    """This process's step failed while other processes had ended without a word (killed, a lost host)."""
 
 
 def _client() -> Any | None:
@@ -96,7 +106,7 @@ def _read(client: Any, name: str, seconds: float) -> str | None:
         raise
 
 
-def _wait_for_all(client: Any, prefix: str, deadline: float | None, indices: range) -> dict[int, str]:
+def _wait_for_all(client: Any, prefix: str, deadline: float | None, indices: Sequence[int]) -> dict[int, str]:
     """``{i: value}`` of the keys ``prefix/i`` set by ``deadline`` (None: wait for all of them)."""
     found: dict[int, str] = {}
     for i in indices:
@@ -135,7 +145,8 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
         _flush()
     client = _client()
     if client is not None and _watching:
-        me, everyone = jax.process_index(), range(jax.process_count())
+        me = jax.process_index()
+        everyone = [i for i in range(jax.process_count()) if i not in _lost]
         _set(client, f"left/{me}", str(status))
         _wait_for_all(client, "left", time.monotonic() + LAST_WAIT_S, everyone)
         # What this process would still print is noise now (a collective failing as its peers end).
@@ -143,7 +154,7 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         if me == 0:  # the service ends with this process: after the others
-            _wait_for_all(client, "gone", time.monotonic() + LAST_WAIT_S, range(1, len(everyone)))
+            _wait_for_all(client, "gone", time.monotonic() + LAST_WAIT_S, everyone[1:])
             time.sleep(0.5)  # from their last key to their os._exit
         else:
             _set(client, f"gone/{me}", "")
@@ -176,7 +187,7 @@ class Watch:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
-        global _watching
+        global _watching, _lost
         if self._client is None:
             return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
@@ -184,8 +195,11 @@ class Watch:
             announce(describe(error))
         me = jax.process_index()
         _set(self._client, f"left/{me}", "0" if error is None else "1")
-        # Every process leaves (or ends) before any returns. A Ctrl-C here ends the wait like any error.
-        left = _wait_for_all(self._client, "left", None, range(jax.process_count()))
+        # Every process leaves (or ends) before any returns. A Ctrl-C here ends the wait like any error. After an
+        # error, a live peer leaves within seconds (its watcher ends it); one that does not has ended silently.
+        everyone = range(jax.process_count())
+        deadline = None if error is None else time.monotonic() + PEER_WAIT_S
+        left = _wait_for_all(self._client, "left", deadline, everyone)
         _set(self._client, "failed", "-1\tnone: every process has left")  # wakes the watchers (unless one failed)
         # Out of its read before Python shuts down: a daemon thread still inside the C++ client then
         # aborts the process ("FATAL: exception not rethrown").
@@ -198,7 +212,16 @@ class Watch:
             exit_now(0)
         if error is None:
             _watching = False
-        # else: the caller ends this process with exit_now, which needs _watching
+            return
+        # The caller ends this process with exit_now, which needs _watching.
+        lost = [i for i in everyone if i not in left]
+        if lost and not isinstance(error, KeyboardInterrupt):
+            _lost = tuple(lost)
+            raise PeerLostError(
+                f"process(es) {lost} ended without a word (killed, out of memory, or a lost host?); this process "
+                f"(process {me}) then failed with {describe(error)}. Rerun the same command on every process to "
+                "resume from the last checkpoint."
+            ) from error
 
     def _watch(self, client: Any) -> None:
         """Wait for a peer's failure (one blocking read of the store at a time); then end this process."""

@@ -22,9 +22,11 @@ def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
         assert f"process {pid} of 2 (coordinator 127.0.0.1:{port}): not every process joined within 3 s" in proc.stderr
         assert "--distributed_timeout" in proc.stderr and "Check failure" not in proc.stderr, proc.stderr
         assert not list(tmp_path.iterdir())  # nothing written before the peers are there
-    bad = subprocess.run([*cmd, "--process_id=0", "--distributed_timeout=0"], cwd=ROOT, env=cpu_devices_env(1),
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert bad.returncode == 2 and "must be at least 1 second" in bad.stderr, bad.stderr
+    for flag, says in (("--distributed_timeout=0", "must be at least 1 second"),
+                       ("--peer_timeout=5", "--peer_timeout must be at least 10 seconds, got 5")):  # fmt: skip
+        bad = subprocess.run([*cmd, "--process_id=0", flag], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
 
 
 def _finish(procs, timeout=240):
@@ -95,10 +97,15 @@ def test_processes_that_read_other_data_stop_at_start(tmp_path):
     assert "steps_per_epoch: 3 here, 2 on process 0" in outs[1], outs[1]
 
 
+def _patched(patch: str) -> tuple[str, str]:
+    """``launch`` for :func:`two_training_processes`: the training command, after the Python code ``patch``."""
+    run = 'runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)'
+    return "-c", f"import runpy, sys, time\n{patch}\n{run}\n"
+
+
 # Process 1 raises at step 25 of a real run (an error of its own, as from a full disk or a bug): the training
 # command, with the train loop's per-step check wrapped to fail there.
 _FAIL_AT_25 = """
-import runpy, sys
 from jaxgan.preemption import Preemption
 requested = Preemption.requested
 def failing(self, step, sync):
@@ -106,7 +113,6 @@ def failing(self, step, sync):
         raise RuntimeError("injected fault on process 1")
     return requested(self, step, sync)
 Preemption.requested = failing
-runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
 """
 _LONG_RUN = ("--config.num_train_steps=400", "--config.log_every_steps=10", "--config.checkpoint_every_steps=10",
              "--config.sample_every_steps=0")  # fmt: skip
@@ -122,10 +128,14 @@ def _read_until(proc, text: str) -> str:
     return "".join(head)
 
 
+def _checkpoint_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def test_a_late_error_on_one_process_stops_both_at_once(tmp_path):
     # It used to hang both processes for five minutes (JAX's shutdown barrier), then abort both with native stack
     # traces. Now process 1 announces its error and process 0 stops a second later, saying why.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=("-c", _FAIL_AT_25))
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_FAIL_AT_25))
     head = _read_until(procs[0], "Starting a new run")
     t = time.monotonic()
     outs = _finish(procs, timeout=240)
@@ -136,14 +146,13 @@ def test_a_late_error_on_one_process_stops_both_at_once(tmp_path):
             "Process 0 cannot go on without it and stops too") in outs[0], outs[0]  # fmt: skip
     assert "Check failure" not in outs[0] + outs[1], outs
     assert seconds < 120, (seconds, outs)  # 10-20 s here, mostly the first step's compilation and 25 steps
-    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    steps = _checkpoint_steps(tmp_path)
     assert 10 in steps and set(steps) <= {10, 20}, steps  # the checkpoints before the failure stay
 
 
 # Process 1's steps after step 10 take 0.2 s longer, so that its second Ctrl-C, 0.3 s after the first, always comes
 # before the next logging step (where the first would stop both, and save).
 _SLOW_AFTER_10 = """
-import runpy, sys, time
 from jaxgan.preemption import Preemption
 requested = Preemption.requested
 def slow(self, step, sync):
@@ -151,14 +160,13 @@ def slow(self, step, sync):
         time.sleep(0.2)
     return requested(self, step, sync)
 Preemption.requested = slow
-runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
 """
 
 
 def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
     # Process 1 gets two Ctrl-C: it ends at once (130), and process 0, which waited for it in the next step, a
     # second later with one line, instead of after JAX's heartbeat timeout with a native stack trace.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=("-c", _SLOW_AFTER_10))
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_SLOW_AFTER_10))
     _read_until(procs[0], "step 10 ")  # process 0 logged step 10: process 1 is in its training loop too
     procs[1].send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -175,14 +183,12 @@ def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
 # Process 0 cannot write the results page, 5 s after process 1 has finished its part of the results (else
 # process 1 may still be working when the failure comes, and it stops as any peer does, with status 1).
 _PAGE_FAILS_ON_0 = """
-import runpy, sys, time
 from jaxgan import report
 def failing(*args, **kwargs):
     time.sleep(5)
     raise OSError(28, "No space left on device (injected)")
 if "--process_id=0" in sys.argv:
     report.write_results_page = failing
-runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)
 """
 
 
@@ -191,7 +197,7 @@ def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path)
     # service away, and process 1, whose work was done, aborted with a native stack trace. Now process 1 waits
     # for every process to leave, then ends with status 0 and one line.
     procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=4", "--config.sample_every_steps=0",
-                                   launch=("-c", _PAGE_FAILS_ON_0))  # fmt: skip
+                                   launch=_patched(_PAGE_FAILS_ON_0))  # fmt: skip
     outs = _finish(procs, timeout=240)
     assert [p.returncode for p in procs] == [1, 0], outs
     assert "No space left on device (injected)" in outs[0], outs[0]
@@ -201,3 +207,38 @@ def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path)
     ), outs[1]
     assert "Check failure" not in outs[0] + outs[1], outs
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # the training was saved
+
+
+def test_a_process_killed_outright_stops_the_other_within_seconds(tmp_path):
+    # kill -9 of process 1 (as the kernel's OOM killer does): process 0's next step fails in its collective (Gloo
+    # raises at once), and process 0 used to wait for process 1 to leave until JAX's heartbeat timeout, then abort
+    # with a native stack trace (2 processes here: 72-79 s). Now it names the lost process within seconds.
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN)
+    _read_until(procs[0], "step 30 ")  # the save at step 20 waited for step 10's to be complete
+    procs[1].kill()
+    t = time.monotonic()
+    outs = _finish(procs, timeout=120)
+    seconds = time.monotonic() - t
+    assert procs[0].returncode == 1, outs[0]
+    assert "error: process(es) [1] ended without a word (killed, out of memory, or a lost host?); this process " \
+           "(process 0) then failed with" in outs[0], outs[0]  # fmt: skip
+    assert "Traceback" not in outs[0] and "Check failure" not in outs[0], outs[0]
+    assert seconds < 40, (seconds, outs[0])  # 11 s here: PEER_WAIT_S and the exit's waits
+    assert 10 in _checkpoint_steps(tmp_path)  # the checkpoints written before the kill stay
+
+
+def test_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
+    # Process 1 stops (SIGSTOP, as a hung host): its sockets stay open, so process 0 waits in the step's collective
+    # until JAX's heartbeat takes process 1 as dead, after --peer_timeout (JAX's default 100 s) instead of 10 s.
+    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=10")
+    _read_until(procs[0], "step 10 ")
+    procs[1].send_signal(signal.SIGSTOP)
+    t = time.monotonic()
+    try:
+        out = procs[0].communicate(timeout=120)[0]
+    finally:
+        procs[1].kill()
+        _finish(procs)
+    seconds = time.monotonic() - t
+    assert procs[0].returncode != 0 and "stopped sending heartbeats" in out, out
+    assert seconds < 60, (seconds, out)  # 5-15 s here; 100 s with JAX's default
