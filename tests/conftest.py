@@ -130,7 +130,7 @@ LONG_FILES = {
     "test_train.py": 229,
     "test_runner.py": 177,
     "test_conv_forms.py": 98,
-    "test_peers.py": 140,  # measured alone, 2026-12-02 (third session: 8 tests, 122-132 s)
+    "test_peers.py": 245,  # 2026-12-03: 181 s for 8 tests in the suite, and two more of ~30 s each
     "test_export.py": 70,
     "test_benchmarks.py": 48,
     "test_app.py": 45,
