@@ -131,6 +131,11 @@ def train_and_evaluate(
     :class:`input_pipeline.DataError` for bad data, :class:`parallel.ParallelError`
     for a batch that does not fit the devices, :class:`run_lock.RunLockError` when another
     process trains in ``workdir``.
+
+    With several processes, call it as the training command does (``experiments/horse2zebra.py``): inside
+    ``with peer_failure.Watch():``, and end a process that raised with ``peer_failure.exit_now(status)``.
+    Otherwise a process that fails leaves the others waiting in their next step until JAX's heartbeat or
+    shutdown barrier aborts them.
     """
     workdir = pathlib.Path(workdir)
     peers.check(config, workdir)  # several processes: one config, one shared workdir
