@@ -22,9 +22,10 @@ which every process already talks to):
   ends last, after every ``gone`` key: a peer whose service vanished aborts with a native stack trace.
 
 A process killed outright (``kill -9``, out of memory, a lost host) writes nothing. A peer whose step then
-fails (on CPU, Gloo raises in the collective at once) waits ``PEER_WAIT_S`` for the others' ``left`` keys, names
-the processes that never wrote one and ends with :class:`PeerLostError`. A peer whose step cannot fail (NCCL
-waits in the collective), or that had finished and waits for the others, is ended by JAX's heartbeat within its
+fails (on CPU, Gloo raises in the collective at once) waits ``PEER_WAIT_S`` for the others' ``left`` keys;
+when its error is one of JAX's runtime, it names the processes that never wrote one and ends with
+:class:`PeerLostError` (an error of its own is reported as it is). A peer whose step cannot fail (NCCL waits
+in the collective), or that had finished and waits for the others, is ended by JAX's heartbeat within its
 timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own message.
 """
 
@@ -213,10 +214,10 @@ class Watch:
         if error is None:
             _watching = False
             return
-        # The caller ends this process with exit_now, which needs _watching.
-        lost = [i for i in everyone if i not in left]
-        if lost and not isinstance(error, KeyboardInterrupt):
-            _lost = tuple(lost)
+        # The caller ends this process with exit_now, which needs _watching and skips the lost processes.
+        _lost = tuple(i for i in everyone if i not in left)
+        lost = list(_lost)
+        if lost and isinstance(error, jax.errors.JaxRuntimeError):  # a collective that failed as they went
             raise PeerLostError(
                 f"process(es) {lost} ended without a word (killed, out of memory, or a lost host?); this process "
                 f"(process {me}) then failed with {describe(error)}. Rerun the same command on every process to "
