@@ -276,7 +276,7 @@ class Checkpointer:
             except ShapeMismatchError:
                 raise  # another model, not a damaged file: the older checkpoints are the same model
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
-                failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                failures.append(f"step {step}: {failed_reads.describe(e)}")
                 unreadable.append(step)
                 log.warning("Checkpoint at step %d in %s is unreadable (%s); trying the previous one.",
                             step, self.directory, failures[-1])  # fmt: skip

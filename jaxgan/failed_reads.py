@@ -8,8 +8,13 @@ closed loop and raises ``RuntimeError("Event loop is closed")``, which Python pr
 finished. asyncio also logs the failed read once more ("Task exception was never retrieved"), and at exit
 Python warns about Orbax's coroutines that the abandoned read never awaited.
 
+A data file that is there but damaged (truncated by an interrupted copy) fails every read of an array in
+it: Orbax raises the first in the caller, and the others, raised in coroutines that nobody awaits any more,
+reach ``sys.unraisablehook`` too, each with TensorStore's whole spec (hundreds of lines per array).
+
 :func:`quiet` drops exactly these echoes, for the rest of the process; every other unraisable exception
-and asyncio message passes unchanged. The readers of checkpoints call it before they read.
+and asyncio message passes unchanged. The readers of checkpoints call it before they read, and report the
+error that reached them with :func:`describe`.
 """
 
 from __future__ import annotations
@@ -23,16 +28,35 @@ _lock = threading.Lock()
 _installed = False
 
 
+_ARRAY_READ = "Encountered error while reading array index"  # Orbax's error for one array's failed read
+_SPEC = ". See full TensorStore details"  # what follows it: TensorStore's spec, one key per line
+
+
 def _is_echo(exc: BaseException | None) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    return type(exc) is Exception and str(exc).startswith(_ARRAY_READ)
+
+
+def describe(error: BaseException) -> str:
+    """``"Type: first line"`` of a failed checkpoint read, at most 200 characters.
+
+    For Orbax's wrapper of one array's read (which names only the index), the TensorStore error beneath it
+    (the file and what is wrong with it); TensorStore's spec left out.
+    """
+    if str(error).startswith(_ARRAY_READ) and error.__cause__ is not None:
+        error = error.__cause__
+    first = (str(error).splitlines() or [""])[0].split(_SPEC)[0]
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 class _UnretrievedReadFilter(logging.Filter):
-    """asyncio's "Task exception was never retrieved" for a TensorStore read (its message names the spec)."""
+    """asyncio's "Task (or _GatheringFuture) exception was never retrieved" for a TensorStore read."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("exception was never retrieved" in message and "tensorstore_spec" in message)
+        read = "tensorstore_spec" in message or _ARRAY_READ in message
+        return not ("exception was never retrieved" in message and read)
 
 
 def quiet() -> None:

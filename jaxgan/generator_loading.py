@@ -14,6 +14,7 @@ architecture. Every failure is a :class:`GeneratorLoadError` that says what to g
 from __future__ import annotations
 
 import pathlib
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -136,11 +137,13 @@ def _from_run(
         for group in groups:
             try:
                 params = _restore_generator(ckpt_dir / str(s) / "default", group, name, shapes)
+                if errors:  # the newest ones could not be read: say so, as training's resume does
+                    print("warning: unreadable, skipped:", *errors, sep="\n  ", file=sys.stderr)
                 return generator, params, s, "ema" if group == "ema" else "raw", saved["model"]
             except checkpoint.ShapeMismatchError as e:  # config.json and the checkpoints: every step alike
                 raise GeneratorLoadError(str(e)) from e
             except Exception as e:  # noqa: BLE001 - fall back to the raw weights, then to an older checkpoint
-                errors.append(f"step {s} {group}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                errors.append(f"step {s} {group}: {failed_reads.describe(e)}")
     raise GeneratorLoadError(f"No readable checkpoint in {ckpt_dir}:\n  " + "\n  ".join(errors))
 
 
