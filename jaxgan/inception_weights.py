@@ -372,16 +372,32 @@ def load_inception_params(weights: str | os.PathLike | None = None, cache: str |
     if not os.path.isfile(path):
         raise FidWeightsError(f"Inception weights file {path} does not exist.\n" + INSTALL_HINT)
     if path.endswith(".npz"):
-        return load_params_npz(path)
-    data = read_source_bytes(path)
+        return _readable(load_params_npz, path, path)
+    data = _readable(read_source_bytes, path, path)
     sha1 = hashlib.sha1(data).hexdigest()
     cached = _cache_path(sha1, cache)
     if os.path.isfile(cached):
-        return load_params_npz(cached)
-    params = _convert_bytes(data)
+        return _readable(load_params_npz, cached, cached)
+    params = _readable(_convert_bytes, path, data)
     with contextlib.suppress(OSError):  # a read-only home must not stop an evaluation
         save_params(params, cached)
     return params
+
+
+def _readable(read: Callable[[Any], Any], path: str, source: Any) -> Any:
+    """``read(source)``; any failure to read ``path`` (truncated, an HTML page, another format) is one
+    :class:`FidWeightsError` that names the file."""
+    try:
+        return read(source)
+    except FidWeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch, zipfile, numpy and pickle each raise their own
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]  # not torch's advice after it
+        raise FidWeightsError(
+            f"{path} cannot be read as FID Inception weights ({type(e).__name__}: {first}): a truncated download "
+            f"or another file? Download it again or delete it (and unset ${WEIGHTS_ENV} if it points there).\n"
+            + INSTALL_HINT
+        ) from e
 
 
 def weights_available(weights: str | os.PathLike | None = None, cache: str | None = None) -> bool:

