@@ -84,11 +84,23 @@ def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) 
 
 
 def load_config(workdir: str | pathlib.Path) -> dict | None:
-    """The saved config of a run as a dict, or None when there is none."""
+    """The saved config of a run as a dict, or None when there is none.
+
+    :class:`CheckpointError` when ``config.json`` cannot be read or is not a JSON object (a hand edit gone
+    wrong, a copy cut short).
+    """
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); it records the run's "
+                              "config: fix it, or restore it from a copy.") from e  # fmt: skip
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(saved).__name__}, not the run's config (an object); "
+                              "fix it, or restore it from a copy.")  # fmt: skip
+    return saved
 
 
 def check_stored_shapes(path: str | pathlib.Path, target: PyTree, at: tuple[str, ...] = ()) -> None:

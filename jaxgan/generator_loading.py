@@ -89,8 +89,8 @@ def run_config(workdir: str | pathlib.Path) -> dict[str, Any]:
     ckpt_dir = workdir / "checkpoints"
     try:
         saved = checkpoint.load_config(workdir)
-    except (OSError, ValueError) as e:
-        raise GeneratorLoadError(f"{workdir}/config.json cannot be read: {e}") from e
+    except checkpoint.CheckpointError as e:
+        raise GeneratorLoadError(str(e)) from e
     if saved is not None and not ckpt_dir.is_dir() and set(saved) == {"model"}:
         raise GeneratorLoadError(f"{workdir} is a generator checkpoint, not a training run: give it as "
                                  f"--checkpoint {workdir}")  # fmt: skip

@@ -187,3 +187,18 @@ def test_disk_full_while_writing_is_a_clear_error(tmp_path, monkeypatch):
         ck.save(1, _state())
     monkeypatch.undo()
     ck.close()
+
+
+def test_a_config_json_that_cannot_be_read_is_one_error(tmp_path):
+    # Edited by hand (the README points at it) or cut short: training and --mode=results used to end in a
+    # JSONDecodeError traceback; the training command prints CheckpointError as one line.
+    assert checkpoint.load_config(tmp_path) is None
+    for text, says in (
+        ('{"lr": 0.0002,\n  "dataset": "folder:/data/h2z', "JSONDecodeError: Unterminated string"),
+        ("[1, 2]", "holds a JSON list, not the run's config"),
+        (b"\xff\xfe", "UnicodeDecodeError"),
+    ):
+        (tmp_path / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(checkpoint.CheckpointError, match="fix it, or restore it from a copy") as caught:
+            checkpoint.load_config(tmp_path)
+        assert str(caught.value).startswith(str(tmp_path / "config.json")) and says in str(caught.value)

@@ -64,7 +64,8 @@ def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(t
         ({"direction": "AtoB", "workdir": "{tmp}/empty"}, "No training run in"),
         ({"direction": "AtoB", "workdir": "{tmp}/run"}, r"No checkpoint in .*checkpoints"),
         ({"direction": "AtoB", "workdir": "{tmp}/torn"}, "config.json cannot be read"),
-        ({"direction": "AtoB", "workdir": "{tmp}/other"}, "config.json has no model section"),
+        ({"direction": "AtoB", "workdir": "{tmp}/other"}, "config.json holds a JSON list, not the run's config"),
+        ({"direction": "AtoB", "workdir": "{tmp}/nomodel"}, "config.json has no model section"),
     ],
 )
 def test_what_cannot_be_loaded_says_why(tmp_path, kwargs, message):
@@ -72,6 +73,7 @@ def test_what_cannot_be_loaded_says_why(tmp_path, kwargs, message):
     _fake_run(tmp_path / "run")
     (_fake_run(tmp_path / "torn") / "config.json").write_text('{"model": {"ngf"')  # cut off mid-write
     (_fake_run(tmp_path / "other") / "config.json").write_text('["a list"]')  # another program's file
+    (_fake_run(tmp_path / "nomodel") / "config.json").write_text('{"lr": 0.1}')
     kwargs = {k: v.format(tmp=tmp_path) for k, v in kwargs.items()}
     with pytest.raises(GeneratorLoadError, match=message):
         load_generator(**kwargs)
