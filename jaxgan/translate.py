@@ -208,9 +208,24 @@ class Plan:
 def plan(inputs: str | pathlib.Path, output: str | pathlib.Path) -> Plan:
     """List the input images and their outputs; ``TranslateError`` for a missing input, no images, an
     unwritable output, or outputs that would collide or overwrite an input. A missing input leaves no
-    output folder behind."""
-    inputs = pathlib.Path(inputs)
-    files = _collect_inputs(inputs, pathlib.Path(output))
+    output folder behind.
+
+    ``output`` is a folder, or, for one input file, a ``.png`` file name (its folder is created if missing,
+    and the file replaced if it exists).
+    """
+    inputs, output = pathlib.Path(inputs), pathlib.Path(output)
+    files = _collect_inputs(inputs, output)
+    if output.suffix.lower() in image_io.IMAGE_EXTENSIONS and not output.is_dir():  # a file name
+        if inputs.is_dir():
+            raise TranslateError(f"--output {output} names an image file, but --input {inputs} is a folder: give "
+                                 "an output folder (it is created if missing).")  # fmt: skip
+        if output.suffix.lower() != ".png":
+            raise TranslateError(f"--output {output}: translations are written as PNG; name it "
+                                 f"{output.with_suffix('.png').name}, or give a folder.")  # fmt: skip
+        dest = prepare_output(output.parent) / output.name
+        if _real(dest) == _real(inputs):
+            raise TranslateError(f"The translation of {inputs} would overwrite it; give another --output.")
+        return Plan(inputs, dest.parent, {inputs: dest})
     output = prepare_output(output)
     return Plan(inputs, output, _destinations(files, inputs if inputs.is_dir() else inputs.parent, output))
 
@@ -317,7 +332,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="a generator checkpoint written by `python -m jaxgan.interop`")
     parser.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="AtoB (G) or BtoA (F)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for the translated images")
+    parser.add_argument("--output", required=True,
+                        help="folder for the translated images (same names, .png); for one input image, also a "
+                        ".png file name")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument(
         "--weights",
@@ -369,7 +386,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except (TranslateError, generator_loading.GeneratorLoadError, image_io.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Translated {len(written)} image(s) {args.direction} into {args.output} with {source}")
+    where = f"into {args.output}" if len(written) != 1 else f"to {written[0]}"
+    print(f"Translated {len(written)} image(s) {args.direction} {where} with {source}")
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
         return 1

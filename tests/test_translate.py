@@ -80,3 +80,32 @@ def test_progress_counts_every_input_and_link_loops_are_skipped(tmp_path):
     assert sorted(p.name for p in same) == ["b.png", "c.png"]  # the plan's folder, spelled otherwise
     with pytest.raises(translate.TranslateError, match="output is None"):
         translate.translate_files(generator, params, src, None)
+
+
+def test_one_image_may_be_written_to_a_png_file_name(tmp_path):
+    # `--output zebra.png` for one photo used to make a folder named zebra.png, with the translation inside.
+    import jax
+
+    from jaxgan import models
+
+    Image.fromarray(np.full((12, 8, 3), 100, np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "old.png").write_bytes(b"an earlier translation")
+    generator = models.ResnetGenerator(ngf=4, n_blocks=1)
+    params = generator.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+    for name in ("new/zebra.png", "old.png", "UPPER.PNG"):
+        written = translate.translate_files(generator, params, tmp_path / "photo.jpg", tmp_path / name)
+        assert written == [tmp_path / name] and Image.open(tmp_path / name).size == (8, 12), name
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["zebra.png"]
+    for inputs, output, says in (
+        (tmp_path / "photo.jpg", "zebra.jpg", "translations are written as PNG; name it zebra.png"),
+        (tmp_path / "new", "all.png", "names an image file, but --input"),
+        (tmp_path / "old.png", "old.png", "would overwrite it"),
+        (tmp_path / "missing.jpg", "x.png", "does not exist"),
+    ):
+        with pytest.raises(translate.TranslateError, match=says):
+            translate.plan(inputs, tmp_path / output)
+    assert not (tmp_path / "zebra.jpg").exists() and not (tmp_path / "all.png").exists()
+    (tmp_path / "shots.png").mkdir()  # a folder named like an image is still a folder
+    assert translate.plan(tmp_path / "photo.jpg", tmp_path / "shots.png").destinations == {
+        tmp_path / "photo.jpg": tmp_path / "shots.png" / "photo.png"
+    }
