@@ -60,12 +60,20 @@ flags.mark_flag_as_required("workdir")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing; an override of a field the config lacks is one line (another --config file's)."""
+    """absl's parsing; an override of a field the config lacks, or an error raised by the config file (an
+    unknown variant, ``file.py:Tiny``), is one line (exit 2)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return FLAGS(argv)
     except (AttributeError, KeyError) as e:
         _exit_on_unknown_field(e)
         raise
+    except flags.Error as e:
+        message = str(e)
+        if "Error whilst parsing config file" in message:  # ml_collections puts the file's traceback in it
+            flag = message.partition(": Error whilst parsing")[0].removeprefix("flag ")
+            print(f"error: {flag}: {[ln.strip() for ln in message.splitlines() if ln.strip()][-1]}", file=sys.stderr)
+            sys.exit(2)
+    return app.parse_flags_with_usage(argv)  # any other error: absl's message (it fails the same way)
 
 
 def _config_or_error() -> tuple[object | None, str | None]:

@@ -91,7 +91,7 @@ def test_the_command_reports_them_before_reading_data(tmp_path):
     assert not (tmp_path / "config.json").exists() and time.perf_counter() - t < 120
 
 
-def test_the_command_refuses_a_missing_config_file_a_misspelled_field_and_an_empty_workdir(tmp_path):
+def test_the_command_refuses_a_missing_config_file_a_misspelled_field_or_variant_and_an_empty_workdir(tmp_path):
     def run(*args, cwd=ROOT):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return subprocess.run([sys.executable, "-m", "experiments.horse2zebra", *args], cwd=cwd, env=env,
@@ -104,6 +104,12 @@ def test_the_command_refuses_a_missing_config_file_a_misspelled_field_and_an_emp
     assert typo.returncode == 2 and typo.stderr.strip() == (
         'error: no config field \'lrr\' for a --config override (Did you mean "lr" instead of "lrr"?)'
     )
+    variant = run(f"--workdir={tmp_path / 'c'}", "--config=experiments/configs/horse2zebra.py:Tiny")
+    assert variant.returncode == 2 and variant.stderr.strip() == (  # was ml_collections' traceback of the file
+        "error: --config=experiments/configs/horse2zebra.py:Tiny: ValueError: Unknown config variant 'Tiny'; "
+        "known: 'demo', 'cpu', 'tiny'."
+    )
+    assert not (tmp_path / "c").exists()
     (tmp_path / "cwd").mkdir()
     empty = run("--workdir=", cwd=tmp_path / "cwd")  # an unset $WORKDIR in a script
     assert empty.returncode != 0 and "--workdir is empty" in empty.stderr
