@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import pathlib
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -331,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cpu_memory.reuse_step_memory()  # before JAX starts, as jaxgan.translate does
     try:
+        check_address(args.host, args.port)  # before the model loads: a wrong --host fails in a second
         if args.examples and not pathlib.Path(args.examples).is_dir():
             raise AppError(f"--examples {args.examples} is not a folder.")
         if args.workdir:
@@ -357,6 +360,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         out_dir.cleanup()
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """:class:`AppError` when the page could not be served on ``host:port``: a name that does not resolve,
+    an address this machine does not have, or a port in use."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise AppError(f"--host {host}: not a name or address this machine can resolve ({e}).") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise AppError(f"port {port} on {host} is in use: choose another --port.") from e
+            raise AppError(f"cannot serve on {host}:{port}: {e.strerror} (--host must be an address of this "
+                           "machine: 127.0.0.1 for this machine only, 0.0.0.0 for every network).") from e  # fmt: skip
 
 
 def _fetch_pretrained(name: str) -> pathlib.Path:

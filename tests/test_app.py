@@ -193,6 +193,17 @@ def test_command_line_errors_exit_2_before_the_page_starts(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as e:
         app.main(["--workdir", str(tmp_path), "--port", "99999"])
     assert e.value.code == 2 and "--port must be in 1..65535" in capsys.readouterr().err
+    # Checked before the model loads (the workdir here holds none): Gradio said "Cannot find empty port in range".
+    assert app.main(["--workdir", str(tmp_path), "--host", "192.0.2.1"]) == 2  # TEST-NET-1: no machine's own
+    assert capsys.readouterr().err.startswith("error: cannot serve on 192.0.2.1:7860: Cannot assign requested")
+    assert app.main(["--workdir", str(tmp_path), "--host", "no-such-host.invalid"]) == 2
+    assert capsys.readouterr().err.startswith("error: --host no-such-host.invalid: not a name or address")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main(["--workdir", str(tmp_path), "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"error: port {port} on 127.0.0.1 is in use: choose another --port.\n"
 
 
 # ---------------------------------------------------------------------------
