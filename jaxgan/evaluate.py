@@ -195,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="ema", choices=["ema", "raw"], help="with --workdir: generator weights")
     p.add_argument("--all_checkpoints", action="store_true", help="with --workdir: every kept checkpoint (a curve)")
     p.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint (default: the newest)")
+    p.add_argument("--dataset", help="with --workdir: the run's data set, where it has moved (e.g. folder:/data/h2z)")
     p.add_argument("--real", help="folder of target-domain images (e.g. testB)")
     p.add_argument("--fake", help="folder of translated images")
     p.add_argument("--checkpoint", help="jaxgan generator checkpoint: translate --source instead of reading --fake")
@@ -218,11 +219,15 @@ def _main_workdir(args: argparse.Namespace) -> int:
 
     try:
         params = inception_weights.load_inception_params(args.inception_weights) if args.inception_weights else None
-        result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params)
+        result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params,
+                                       args.dataset)  # fmt: skip
     except (EvaluationError, LibraryEvaluationError, inception_weights.FidWeightsError, translate.TranslateError,
-            generator_loading.GeneratorLoadError, checkpoint.CheckpointError,
-            input_pipeline.DataError) as e:  # fmt: skip
+            generator_loading.GeneratorLoadError, checkpoint.CheckpointError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except input_pipeline.DataError as e:
+        hint = "" if args.dataset else "\nIf the run's data set has moved, give its new place: --dataset folder:PATH."
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     base = result["baselines"]
     print(f"{result['workdir']}: {result['dataset']} at {result['crop_size']}x{result['crop_size']}, "
@@ -271,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--json: {e}")
     if args.workdir:
         return _main_workdir(args)
+    if args.dataset:
+        parser.error("--dataset goes with --workdir (the folders of the other modes are given directly)")
     if bool(args.fake) == bool(args.checkpoint):
         parser.error("give exactly one of --fake (a folder) or --checkpoint (with --source)")
     if args.checkpoint and not args.source:

@@ -35,12 +35,21 @@ DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source do
 class RunEvaluator:
     """Translates a run's test splits and scores them; holds the real images' features between checkpoints."""
 
-    def __init__(self, workdir: str | pathlib.Path, inception_params: Any | None = None, batch_size: int = 20):
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        inception_params: Any | None = None,
+        batch_size: int = 20,
+        dataset: str | None = None,
+    ):
+        """``dataset``: the run's data set in another place (``folder:PATH``, as in the config), if it moved."""
         self.workdir = pathlib.Path(workdir).absolute()
         saved = run_config(self.workdir)  # GeneratorLoadError where there is no run
         import ml_collections
 
         self.config = ml_collections.ConfigDict(saved)
+        if dataset:
+            self.config.dataset = dataset
         self.test = {d: input_pipeline.load_test_split(self.config, d) for d in ("A", "B")}
         for d, split in self.test.items():
             if not len(split.images):
@@ -109,9 +118,13 @@ def evaluate_run(
     all_checkpoints: bool = False,
     step: int | None = None,
     inception_params: Any | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the newest checkpoint (or ``step``, or all kept ones); writes ``WORKDIR/eval/`` and returns it all."""
-    ev = RunEvaluator(workdir, inception_params)
+    """Evaluate the newest checkpoint (or ``step``, or all kept ones); writes ``WORKDIR/eval/`` and returns it all.
+
+    ``dataset`` replaces the run's saved one (a data set that has moved).
+    """
+    ev = RunEvaluator(workdir, inception_params, dataset=dataset)
     steps = ev.steps() if all_checkpoints else [step]
     if not ev.steps():
         raise evaluate.EvaluationError(f"No checkpoint in {ev.workdir / 'checkpoints'}.")

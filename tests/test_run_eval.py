@@ -1,6 +1,7 @@
 """jaxgan.run_eval / `jaxgan.evaluate --workdir`: both directions, baselines, every checkpoint, EMA or raw."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -51,6 +52,22 @@ def test_raw_and_ema_weights_differ_and_are_named(run, monkeypatch):
     assert ema["step"] == raw["step"] == 6 and (ema["weights"], raw["weights"]) == ("ema", "raw")
     assert ema["AtoB/l1"] != raw["AtoB/l1"]
     assert json.loads((run / "eval" / "eval_raw.json").read_text())["checkpoints"][0]["weights"] == "raw"
+
+
+def test_a_run_whose_data_set_has_moved(run, tmp_path, monkeypatch):
+    # The run's config.json names a folder that is gone: the error says how to point at its new place.
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+    saved = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**saved, "dataset": f"folder:{tmp_path / 'gone'}"}))
+    proc = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir", str(moved)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and str(tmp_path / "gone") in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith("If the run's data set has moved, give its new place: --dataset folder:PATH.")
+    monkeypatch.setattr(inception_weights, "weights_available", lambda: False)
+    result = run_eval.evaluate_run(moved, dataset=saved["dataset"])  # where it is now
+    assert result["dataset"] == saved["dataset"] and result["checkpoints"][0]["step"] == 6
+    assert json.loads((moved / "config.json").read_text())["dataset"] == f"folder:{tmp_path / 'gone'}"  # untouched
 
 
 def test_errors_are_one_line(tmp_path):
