@@ -222,11 +222,10 @@ def _main_workdir(args: argparse.Namespace) -> int:
         result = run_eval.evaluate_run(args.workdir, args.weights, args.all_checkpoints, args.step, params,
                                        args.dataset)  # fmt: skip
     except (EvaluationError, LibraryEvaluationError, inception_weights.FidWeightsError, translate.TranslateError,
-            generator_loading.GeneratorLoadError, checkpoint.CheckpointError) as e:  # fmt: skip
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except input_pipeline.DataError as e:
-        hint = "" if args.dataset else "\nIf the run's data set has moved, give its new place: --dataset folder:PATH."
+            generator_loading.GeneratorLoadError, checkpoint.CheckpointError,
+            input_pipeline.DataError) as e:  # fmt: skip
+        moved = isinstance(e, input_pipeline.DataError) and not args.dataset
+        hint = "\nIf the run's data set has moved, give its new place: --dataset folder:PATH." if moved else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     base = result["baselines"]

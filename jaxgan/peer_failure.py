@@ -216,12 +216,11 @@ class Watch:
             return
         # The caller ends this process with exit_now, which needs _watching and skips the lost processes.
         _lost = tuple(i for i in everyone if i not in left)
-        lost = list(_lost)
-        if lost and isinstance(error, jax.errors.JaxRuntimeError):  # a collective that failed as they went
+        if _lost and isinstance(error, jax.errors.JaxRuntimeError):  # a collective that failed as they went
             raise PeerLostError(
-                f"process(es) {lost} ended without a word (killed, out of memory, or a lost host?); this process "
-                f"(process {me}) then failed with {describe(error)}. Rerun the same command on every process to "
-                "resume from the last checkpoint."
+                f"process(es) {list(_lost)} ended without a word (killed, out of memory, or a lost host?); this "
+                f"process (process {me}) then failed with {describe(error)}. Rerun the same command on every process "
+                "to resume from the last checkpoint."
             ) from error
 
     def _watch(self, client: Any) -> None:
