@@ -21,12 +21,16 @@ which every process already talks to):
 - ``gone/<i>``: written by process i just before it ends. Process 0 holds the coordination service and
   ends last, after every ``gone`` key: a peer whose service vanished aborts with a native stack trace.
 
-A process killed outright (``kill -9``, out of memory, a lost host) writes nothing. A peer whose step then
-fails (on CPU, Gloo raises in the collective at once) waits ``PEER_WAIT_S`` for the others' ``left`` keys;
-when its error is one of JAX's runtime, it names the processes that never wrote one and ends with
-:class:`PeerLostError` (an error of its own is reported as it is). A peer whose step cannot fail (NCCL waits
-in the collective), or that had finished and waits for the others, is ended by JAX's heartbeat within its
+A process killed outright (``kill -9``, out of memory) writes nothing, but process 0 sees its connection
+close (``jaxgan.liveness``): it writes ``failed`` with the word ``lost`` for that process and ends, and the
+others' watchers end them, each with one line, wherever they were waiting (a collective, an Orbax
+barrier). A peer whose step fails first (on CPU, Gloo often raises in the collective at once) waits at most
+``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime, it names the
+processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is reported as it
+is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the job after its
 timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own message.
+
+One thread ends a process: the first of its main thread (leaving the Watch), its watcher and its monitor.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import jax
+
+from jaxgan import liveness
 
 WAIT_S = 1.0  # one blocking read of the store; renewed while nothing is set (it returns as soon as it is)
 GRACE_S = 1.0  # a watcher that saw a failure waits this long for its own process to stop on its own
@@ -51,23 +57,35 @@ _generation = 0  # one key space per Watch: the processes enter their Watches in
 _announced = False
 _watching = False  # inside a Watch: the others write their left/ keys
 _lost: tuple[int, ...] = ()  # processes that ended without a word (no left key): nobody waits for them
+_link: liveness.Monitor | liveness.Link | None = None  # this process's end of the liveness connections
+_LOST = "lost"  # the error of a process that ended without a word, in the failed key
 
 
 class PeerLostError(RuntimeError):
     """This process's step failed while other processes had ended without a word (killed, a lost host)."""
 
 
+def _distributed_state() -> Any:
+    from jax._src import distributed  # no public API for the store; Orbax reads it the same way
+
+    return getattr(distributed, "global_state", None)
+
+
 def _client() -> Any | None:
     """JAX's coordination-service client, or None in a single-process run (or where JAX has none)."""
     if jax.process_count() == 1:
         return None
-    from jax._src import distributed  # no public API for the store; Orbax reads it the same way
-
-    return getattr(getattr(distributed, "global_state", None), "client", None)
+    return getattr(_distributed_state(), "client", None)
 
 
 def _key(name: str) -> str:
     return f"{_PREFIX}/{_generation}/{name}"
+
+
+def _lost_line(indices: Sequence[int], me: int) -> str:
+    return (f"error: process(es) {list(indices)} ended without a word (killed, out of memory?); process {me} "
+            "cannot go on without it and stops too. Rerun the same command on every process to resume from the "
+            "last checkpoint.")  # fmt: skip
 
 
 def describe(error: BaseException) -> str:
@@ -111,7 +129,7 @@ def _wait_for_all(client: Any, prefix: str, deadline: float | None, indices: Seq
     """``{i: value}`` of the keys ``prefix/i`` set by ``deadline`` (None: wait for all of them)."""
     found: dict[int, str] = {}
     for i in indices:
-        while i not in found:
+        while i not in found and i not in _lost:  # a process that died meanwhile is not waited for
             left = WAIT_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return found
@@ -144,6 +162,8 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
     """
     if flush:
         _flush()
+    if isinstance(_link, liveness.Link):
+        _link.goodbye()  # this process ends on purpose: process 0 must not take it as killed
     client = _client()
     if client is not None and _watching:
         me = jax.process_index()
@@ -173,6 +193,7 @@ class Watch:
 
     def __init__(self) -> None:
         self._stopped = threading.Event()
+        self._ending = threading.Lock()  # held by the one thread that ends this process
         self._thread: threading.Thread | None = None
         self._client: Any | None = None
 
@@ -185,13 +206,18 @@ class Watch:
         _announced, _watching = False, True
         self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
+        _start_link(self._client, self._peer_lost)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
-        global _watching, _lost
+        global _watching, _lost, _link
         if self._client is None:
             return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
+        if not self._ending.acquire(blocking=False):  # the watcher or the monitor is ending this process
+            threading.Event().wait()  # (its os._exit comes within seconds)
+        if isinstance(_link, liveness.Link):
+            _link.goodbye()
         if error is not None:
             announce(describe(error))
         me = jax.process_index()
@@ -205,10 +231,14 @@ class Watch:
         # Out of its read before Python shuts down: a daemon thread still inside the C++ client then
         # aborts the process ("FATAL: exception not rethrown").
         self._thread.join(timeout=WAIT_S + GRACE_S + 1)
+        if _link is not None:
+            _link.close()
+            _link = None
         failed = sorted(i for i, status in left.items() if status != "0")
-        if error is None and failed:
-            print(f"\nProcess(es) {failed} stopped with an error (their output has the details). This process "
-                  f"(process {me}) had finished its work, which is saved; it ends now too.",
+        if error is None and (failed or _lost):
+            why = (f"Process(es) {failed} stopped with an error (their output has the details)" if failed else
+                   f"Process(es) {list(_lost)} ended without a word (killed, out of memory?)")  # fmt: skip
+            print(f"\n{why}. This process (process {me}) had finished its work, which is saved; it ends now too.",
                   file=sys.stderr, flush=True)  # fmt: skip
             exit_now(0)
         if error is None:
@@ -235,9 +265,46 @@ class Watch:
                 continue
             pid, _, what = value.partition("\t")
             me = jax.process_index()
+            if what == _LOST:  # (set by process 0's monitor) no process waits for it any more
+                _record_lost(int(pid))
             if int(pid) in (me, -1) or self._stopped.wait(GRACE_S):  # this one stops on its own (the same error?)
                 return
-            print(f"\nerror: process {pid} stopped with {what} (its output has the details). Process {me} cannot "
-                  f"go on without it and stops too. Rerun the same command on every process to resume from the "
-                  "last checkpoint.", file=sys.stderr, flush=True)  # fmt: skip
+            if not self._ending.acquire(blocking=False):
+                return
+            if what == _LOST:
+                print(f"\n{_lost_line([int(pid)], me)}", file=sys.stderr, flush=True)
+            else:
+                print(f"\nerror: process {pid} stopped with {what} (its output has the details). Process {me} "
+                      "cannot go on without it and stops too. Rerun the same command on every process to resume "
+                      "from the last checkpoint.", file=sys.stderr, flush=True)  # fmt: skip
             exit_now(1)
+
+    def _peer_lost(self, index: int) -> None:
+        """(Process 0's monitor thread) process ``index`` died: tell the others, and end this process."""
+        _record_lost(index)
+        if not self._ending.acquire(blocking=False):  # ending already; its waits now skip that process
+            return
+        self._stopped.set()
+        _set(self._client, "failed", f"{index}\t{_LOST}")
+        print(f"\n{_lost_line([index], 0)}", file=sys.stderr, flush=True)
+        exit_now(1)
+
+
+def _record_lost(index: int) -> None:
+    global _lost
+    if index not in _lost:
+        _lost = (*_lost, index)
+
+
+def _start_link(client: Any, on_lost: Callable[[int], None]) -> None:
+    """Open this process's end of the liveness connections (see ``jaxgan.liveness``)."""
+    global _link
+
+    def lookup(seconds: float) -> str | None:
+        try:
+            return _read(client, "alive", seconds)
+        except Exception:  # noqa: BLE001 - the service is gone: no link
+            return None
+
+    address = getattr(_distributed_state(), "coordinator_address", None)
+    _link = liveness.start(jax.process_index(), address, lambda v: _set(client, "alive", v), lookup, on_lost)

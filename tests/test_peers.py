@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, cpu_devices_env, free_port, two_training_processes
+from conftest import ROOT, cpu_devices_env, free_port, training_processes
 
 
 def test_a_process_whose_peers_never_join_exits_with_one_line(tmp_path):
@@ -40,13 +40,13 @@ def _finish(procs, timeout=240):
 def test_processes_with_other_configs_or_unshared_workdirs_all_stop_at_start(tmp_path):
     # Another learning rate on process 1 used to train silently apart; node-local workdirs failed at the first
     # checkpoint and then hung. Both are now one error on every process before anything is compiled or saved.
-    procs = two_training_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
+    procs = training_processes([tmp_path / "run"] * 2, per_process=((), ("--config.lr=0.02",)))
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] were started with another config than process 0" in out for out in outs), outs
     assert "lr: 0.02 here, 0.0002 on process 0" in outs[1] and "Traceback" not in outs[0] + outs[1]
     assert not (tmp_path / "run" / "checkpoints").exists() and not list((tmp_path / "run").glob(".peers-*"))
-    procs = two_training_processes([tmp_path / "node0", tmp_path / "node1"])
+    procs = training_processes([tmp_path / "node0", tmp_path / "node1"])
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] do not see the files process 0 writes in --workdir" in out for out in outs), outs
@@ -57,7 +57,7 @@ def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
     # first steps, or still before its training loop. It used to stop alone between log steps, its save waiting
     # for a peer that waited in the next step, both for ever; before its loop, JAX's own SIGTERM handler took
     # the signal and training went on to the end. Now both save at the same step soon after and exit 0.
-    procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
+    procs = training_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
                            "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
     for line in procs[0].stdout:
         if "Starting a new run" in line:
@@ -77,7 +77,7 @@ def test_a_start_up_error_on_one_process_stops_both(tmp_path):
     from jaxgan import run_lock
 
     with run_lock.RunLock(tmp_path):
-        procs = two_training_processes([tmp_path] * 2)
+        procs = training_processes([tmp_path] * 2)
         outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert "Wait for it to finish" in outs[0] and "process(es) [0] stopped with an error during start-up" in outs[1]
@@ -89,7 +89,7 @@ def test_processes_that_read_other_data_stop_at_start(tmp_path):
 
     for i, n in ((0, 8), (1, 12)):
         make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": n, "trainB": n, "testA": 2, "testB": 2})
-    procs = two_training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
+    procs = training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
                            env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
@@ -98,7 +98,7 @@ def test_processes_that_read_other_data_stop_at_start(tmp_path):
 
 
 def _patched(patch: str) -> tuple[str, str]:
-    """``launch`` for :func:`two_training_processes`: the training command, after the Python code ``patch``."""
+    """``launch`` for :func:`training_processes`: the training command, after the Python code ``patch``."""
     run = 'runpy.run_module("experiments.horse2zebra", run_name="__main__", alter_sys=True)'
     return "-c", f"import runpy, sys, time\n{patch}\n{run}\n"
 
@@ -135,7 +135,7 @@ def _checkpoint_steps(workdir) -> list[int]:
 def test_a_late_error_on_one_process_stops_both_at_once(tmp_path):
     # It used to hang both processes for five minutes (JAX's shutdown barrier), then abort both with native stack
     # traces. Now process 1 announces its error and process 0 stops a second later, saying why.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_FAIL_AT_25))
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_FAIL_AT_25))
     head = _read_until(procs[0], "Starting a new run")
     t = time.monotonic()
     outs = _finish(procs, timeout=240)
@@ -166,7 +166,7 @@ Preemption.requested = slow
 def test_a_second_ctrl_c_on_one_process_stops_both_at_once(tmp_path):
     # Process 1 gets two Ctrl-C: it ends at once (130), and process 0, which waited for it in the next step, a
     # second later with one line, instead of after JAX's heartbeat timeout with a native stack trace.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_SLOW_AFTER_10))
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, launch=_patched(_SLOW_AFTER_10))
     _read_until(procs[0], "step 10 ")  # process 0 logged step 10: process 1 is in its training loop too
     procs[1].send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -196,7 +196,7 @@ def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path)
     # Process 1 had returned and waited in JAX's shutdown barrier; process 0's os._exit took the coordination
     # service away, and process 1, whose work was done, aborted with a native stack trace. Now process 1 waits
     # for every process to leave, then ends with status 0 and one line.
-    procs = two_training_processes([tmp_path] * 2, "--config.num_train_steps=4", "--config.sample_every_steps=0",
+    procs = training_processes([tmp_path] * 2, "--config.num_train_steps=4", "--config.sample_every_steps=0",
                                    launch=_patched(_PAGE_FAILS_ON_0))  # fmt: skip
     outs = _finish(procs, timeout=240)
     assert [p.returncode for p in procs] == [1, 0], outs
@@ -209,28 +209,55 @@ def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # the training was saved
 
 
-def test_a_process_killed_outright_stops_the_other_within_seconds(tmp_path):
-    # kill -9 of process 1 (as the kernel's OOM killer does): process 0's next step fails in its collective (Gloo
-    # raises at once), and process 0 used to wait for process 1 to leave until JAX's heartbeat timeout, then abort
-    # with a native stack trace (2 processes here: 72-79 s). Now it names the lost process within seconds.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN)
-    _read_until(procs[0], "step 30 ")  # the save at step 20 waited for step 10's to be complete
-    procs[1].kill()
+# Process 1 is killed (as by kill -9 or the kernel's out-of-memory killer) where process 0 waits for it in one of
+# Orbax's barriers of the coordination service: the first one of the save at step 30.
+_KILLED_IN_A_SAVE = """
+import os, signal, threading
+from jaxgan.checkpoint import Checkpointer
+from orbax.checkpoint._src.multihost import multihost
+at_30 = threading.Event()
+save = Checkpointer.save
+def marked(self, step, state, force=False):
+    if step == 30:
+        at_30.set()
+    return save(self, step, state, force)
+Checkpointer.save = marked
+get_barrier_sync_fn = multihost.get_barrier_sync_fn
+def barrier_fn(*args, **kwargs):
+    barrier = get_barrier_sync_fn(*args, **kwargs)
+    def killing(*, key, timeout_ms):
+        if at_30.is_set() and "--process_id=1" in sys.argv:
+            print("killed at the barrier", key, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return barrier(key=key, timeout_ms=timeout_ms)
+    return killing
+multihost.get_barrier_sync_fn = barrier_fn
+"""
+
+
+def test_a_process_killed_in_a_save_stops_the_others_at_once(tmp_path):
+    # Processes 0 and 2 waited in the barrier until JAX's heartbeat took process 1 as dead (--peer_timeout, 100 s
+    # here), then aborted with native stack traces. Now process 0 sees process 1's liveness connection close and
+    # ends at once; it tells process 2 through the coordination service, whose watcher ends it.
+    procs = training_processes([tmp_path] * 3, *_LONG_RUN, launch=_patched(_KILLED_IN_A_SAVE))
+    out1 = procs[1].communicate(timeout=240)[0]
+    assert procs[1].returncode == -signal.SIGKILL and "killed at the barrier" in out1, out1[-2000:]
     t = time.monotonic()
-    outs = _finish(procs, timeout=120)
+    outs = _finish([procs[0], procs[2]], timeout=120)
     seconds = time.monotonic() - t
-    assert procs[0].returncode == 1, outs[0]
-    assert "error: process(es) [1] ended without a word (killed, out of memory, or a lost host?); this process " \
-           "(process 0) then failed with" in outs[0], outs[0]  # fmt: skip
-    assert "Traceback" not in outs[0] and "Check failure" not in outs[0], outs[0]
-    assert seconds < 40, (seconds, outs[0])  # 11 s here: PEER_WAIT_S and the exit's waits
-    assert 10 in _checkpoint_steps(tmp_path)  # the checkpoints written before the kill stay
+    assert [procs[0].returncode, procs[2].returncode] == [1, 1], outs
+    for i, out in zip((0, 2), outs, strict=True):
+        assert f"error: process(es) [1] ended without a word (killed, out of memory?); process {i} cannot go on " \
+               "without it and stops too. Rerun the same command on every process" in out, out  # fmt: skip
+        assert "Traceback" not in out and "Check failure" not in out, out
+    assert seconds < 20, (seconds, outs)  # 1.6 s here
+    assert 20 in _checkpoint_steps(tmp_path)  # the checkpoints written before the kill stay
 
 
 def test_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
     # Process 1 stops (SIGSTOP, as a hung host): its sockets stay open, so process 0 waits in the step's collective
     # until JAX's heartbeat takes process 1 as dead, after --peer_timeout (JAX's default 100 s) instead of 10 s.
-    procs = two_training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=10")
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=10")
     _read_until(procs[0], "step 10 ")
     procs[1].send_signal(signal.SIGSTOP)
     t = time.monotonic()

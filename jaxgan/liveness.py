@@ -1,0 +1,190 @@
+"""Process 0 learns within milliseconds that another process was killed outright.
+
+A process killed by ``kill -9`` or the kernel's out-of-memory killer tells nobody. JAX takes it as dead
+only when its heartbeat times out (the training command's ``--peer_timeout``, 100 s by default), and a
+process that waits for it in one of the coordination service's barriers (Orbax holds several in each
+save) sits there until then and aborts with a native stack trace. The kernel, though, closes a dead
+process's sockets at once. So each other process holds one TCP connection to process 0, on the
+coordinator's host and a port that process 0 publishes, and says goodbye on it before it ends on purpose;
+a connection that closes without the goodbye is a process that died.
+
+Not covered: a frozen process or a lost host (their connections stay open; JAX's heartbeat ends those)
+and process 0 itself (the coordination service dies with it, and JAX ends the others within a second).
+Where the link cannot be made (a firewall between hosts), a warning says so and training goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+
+CONNECT_TIMEOUT_S = 10.0
+PUBLISH_WAIT_S = 60.0  # how long process i waits for process 0's address (they start this together)
+_GOODBYE = b"bye\n"
+_NONE = "none"  # published by a process 0 that could not listen: the others do not wait or try
+
+
+def _listen() -> socket.socket:
+    """A TCP server on every interface (IPv4 and IPv6 where the system has both), on a free port."""
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    return socket.create_server(("", 0))
+
+
+def _host(coordinator_address: str) -> str:
+    """``"host"`` of ``"host:port"`` or ``"[v6]:port"``."""
+    host = coordinator_address.rpartition(":")[0] or coordinator_address
+    return host.strip("[]")
+
+
+class Monitor:
+    """Process 0's side: accepts one connection per other process; calls ``on_lost(i)`` (from its own
+    thread) when process i's connection closes without its goodbye.
+
+    Each connection first sends ``"<token> <i>\\n"``: one without the token published with the port (a
+    stranger on that port) is dropped and never counts.
+    """
+
+    def __init__(self, server: socket.socket, token: str, on_lost: Callable[[int], None]) -> None:
+        self._server = server
+        self._token = token
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(server, selectors.EVENT_READ, None)
+        self._peers: dict[socket.socket, list] = {}  # connection -> [received bytes, process index or None, bye]
+        self._thread = threading.Thread(target=self._run, name="jaxgan-liveness", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.getsockname()[1]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.2):
+                if key.fileobj is self._server:
+                    self._accept()
+                else:
+                    self._receive(key.fileobj)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._server.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        self._peers[conn] = [b"", None, False]
+        self._selector.register(conn, selectors.EVENT_READ, None)
+
+    def _receive(self, conn: socket.socket) -> None:
+        peer = self._peers[conn]
+        try:
+            data = conn.recv(256)
+        except BlockingIOError:
+            return
+        except OSError:  # reset by a dying peer
+            data = b""
+        if data:
+            peer[0] += data
+            if peer[1] is None:  # its first line: "<token> <index>"
+                if b"\n" not in peer[0]:
+                    if len(peer[0]) > 256:
+                        self._drop(conn)
+                    return
+                line, _, peer[0] = peer[0].partition(b"\n")
+                token, _, index = line.decode(errors="replace").partition(" ")
+                if token != self._token or not index.isdigit():
+                    self._drop(conn)
+                    return
+                peer[1] = int(index)
+            if _GOODBYE in peer[0]:
+                peer[2] = True
+            peer[0] = peer[0][-len(_GOODBYE) :]
+            return
+        self._drop(conn)
+        index, said_goodbye = peer[1], peer[2]
+        if index is not None and not said_goodbye and not self._stop.is_set():
+            self._on_lost(index)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        self._peers.pop(conn, None)
+        conn.close()
+
+    def close(self) -> None:
+        """Stop watching (a connection that closes from now on is not reported) and close the sockets."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+        for conn in list(self._peers):
+            self._drop(conn)
+        self._selector.close()
+        self._server.close()
+
+
+class Link:
+    """Process i's side (i > 0): the connection to process 0, held open until :meth:`goodbye`."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def goodbye(self) -> None:
+        """Tell process 0 that this process ends on purpose (idempotent; safe from any thread)."""
+        with self._lock:
+            if self._conn is None:
+                return
+            with contextlib.suppress(OSError):  # process 0 has gone: nobody to tell
+                self._conn.sendall(_GOODBYE)
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self.goodbye()
+
+
+def start(
+    process_index: int,
+    coordinator_address: str | None,
+    publish: Callable[[str], None],
+    lookup: Callable[[float], str | None],
+    on_lost: Callable[[int], None],
+) -> Monitor | Link | None:
+    """Process 0: listen, ``publish("<port> <token>")`` and watch (a :class:`Monitor`). Others: ``lookup``
+    that value (waiting up to ``PUBLISH_WAIT_S``) and connect to the coordinator's host (a :class:`Link`).
+
+    Returns None, after a logged warning, where the link cannot be made; a process killed outright is then
+    noticed after JAX's heartbeat timeout, as without this module.
+    """
+    what = "a process killed outright is then noticed only after --peer_timeout"
+    if process_index == 0:
+        try:
+            server = _listen()
+        except OSError as e:
+            publish(_NONE)
+            logging.warning("Cannot listen for the other processes (%s): %s.", e, what)
+            return None
+        token = secrets.token_hex(8)
+        monitor = Monitor(server, token, on_lost)
+        publish(f"{monitor.port} {token}")
+        return monitor
+    value = lookup(PUBLISH_WAIT_S)
+    if value is None or value == _NONE or coordinator_address is None:
+        if value is None:
+            logging.warning("Process 0 published no address for the liveness link: %s.", what)
+        return None
+    port, _, token = value.partition(" ")
+    host = _host(coordinator_address)
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
+        conn.sendall(f"{token} {process_index}\n".encode())
+    except OSError as e:
+        logging.warning("Cannot connect to process 0 at %s:%s (%s): %s.", host, port, e, what)
+        return None
+    return Link(conn)
