@@ -198,12 +198,12 @@ class Watch:
         self._client: Any | None = None
 
     def __enter__(self) -> Watch:
-        global _generation, _announced, _watching
+        global _generation, _announced, _watching, _lost
         self._client = _client()
         if self._client is None:
             return self
         _generation += 1
-        _announced, _watching = False, True
+        _announced, _watching, _lost = False, True, ()
         self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
         _start_link(self._client, self._peer_lost)

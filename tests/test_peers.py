@@ -58,7 +58,7 @@ def test_sigterm_to_one_of_two_processes_saves_and_stops_both(tmp_path):
     # for a peer that waited in the next step, both for ever; before its loop, JAX's own SIGTERM handler took
     # the signal and training went on to the end. Now both save at the same step soon after and exit 0.
     procs = training_processes([tmp_path] * 2, "--config.num_train_steps=400", "--config.log_every_steps=50",
-                           "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
+                               "--config.checkpoint_every_steps=1000", "--config.sample_every_steps=0")  # fmt: skip
     for line in procs[0].stdout:
         if "Starting a new run" in line:
             break
@@ -90,7 +90,7 @@ def test_processes_that_read_other_data_stop_at_start(tmp_path):
     for i, n in ((0, 8), (1, 12)):
         make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": n, "trainB": n, "testA": 2, "testB": 2})
     procs = training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
-                           env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
+                               env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert all("process(es) [1] read other data than process 0" in out for out in outs), outs
@@ -197,7 +197,7 @@ def test_process_0_failing_after_the_others_finished_ends_them_cleanly(tmp_path)
     # service away, and process 1, whose work was done, aborted with a native stack trace. Now process 1 waits
     # for every process to leave, then ends with status 0 and one line.
     procs = training_processes([tmp_path] * 2, "--config.num_train_steps=4", "--config.sample_every_steps=0",
-                                   launch=_patched(_PAGE_FAILS_ON_0))  # fmt: skip
+                               launch=_patched(_PAGE_FAILS_ON_0))  # fmt: skip
     outs = _finish(procs, timeout=240)
     assert [p.returncode for p in procs] == [1, 0], outs
     assert "No space left on device (injected)" in outs[0], outs[0]
