@@ -246,18 +246,22 @@ def _main_workdir(args: argparse.Namespace) -> int:
     if "noise_floor/fid" in base:
         print(f"noise floor (two halves of a test split, {base['noise_floor/n']} images each): "
               f"FID {base['noise_floor/fid']:.2f} KID {base['noise_floor/kid']:.4f}")  # fmt: skip
-    if args.json:
-        try:
-            _write_json(args.json, result)
-        except EvaluationError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+    if not _save_json(args.json, result):
+        return 1
     return 0 if (result["fid_available"] or any("AtoB/l1" in r for r in result["checkpoints"])) else 1
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
+def _save_json(path: str | None, data: dict[str, Any]) -> bool:
+    """Write ``data`` to ``path`` (``--json``; nothing where None); False, after one error line, if that failed."""
+    if path is None:
+        return True
     text = json.dumps(data, indent=2, sort_keys=True)
-    output_files.write_atomically(path, lambda tmp: tmp.write_text(text), EvaluationError)
+    try:
+        output_files.write_atomically(path, lambda tmp: tmp.write_text(text), EvaluationError)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,12 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "l1" in results:
         print(f"L1 {results['l1']:.4f}  (after 4x downsampling: {results['l1_down4']:.4f})")
     print(json.dumps(results, sort_keys=True))
-    if args.json:
-        try:
-            _write_json(args.json, results)
-        except EvaluationError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+    if not _save_json(args.json, results):
+        return 1
     return 0
 
 

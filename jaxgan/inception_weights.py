@@ -1,4 +1,6 @@
-"""The weights of the FID Inception network (``jaxgan.inception``): where they are found, their conversion, their cache.
+"""The weights of the FID Inception network (``jaxgan.inception``): where they are found, how they are read, the cache.
+
+The keys of each file kind are mapped onto our parameters in ``jaxgan.inception_names``.
 
 Nothing is fetched from a hub; we convert a local file once and cache
 the converted parameters as ``.npz`` in ``$XDG_CACHE_HOME/jaxgan`` (default
