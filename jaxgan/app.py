@@ -314,7 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--weights", default="ema", choices=generator_loading.WEIGHTS, help="with --workdir: ema or raw"
     )
     parser.add_argument("--max_size", type=int, default=1024, help="shrink inputs to this long side first (0: never)")
-    parser.add_argument("--examples", help="a folder of example images shown under the input (default: none)")
+    parser.add_argument(
+        "--examples",
+        help="a folder of example images shown under the input (default: the run's test images with --workdir; "
+        "none with --checkpoint or --pretrained)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
