@@ -252,8 +252,8 @@ def _main_workdir(args: argparse.Namespace) -> int:
 
 
 def _save_json(path: str | None, data: dict[str, Any]) -> bool:
-    """Write ``data`` to ``path`` (``--json``; nothing where None); False, after one error line, if that failed."""
-    if path is None:
+    """Write ``data`` to ``path`` (``--json``; nothing where not given); False, after one error line, if that failed."""
+    if not path:
         return True
     text = json.dumps(data, indent=2, sort_keys=True)
     try:
