@@ -16,6 +16,7 @@ Where the link cannot be made (a firewall between hosts), a warning says so and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import selectors
@@ -42,6 +43,15 @@ def _host(coordinator_address: str) -> str:
     return host.strip("[]")
 
 
+@dataclasses.dataclass
+class _Peer:
+    """What process 0 knows of one connection."""
+
+    received: bytes = b""  # its first line until read; then the last few bytes (a goodbye split across reads)
+    index: int | None = None  # the process, once its first line named it with the token
+    said_goodbye: bool = False
+
+
 class Monitor:
     """Process 0's side: accepts one connection per other process; calls ``on_lost(i)`` (from its own
     thread) when process i's connection closes without its goodbye.
@@ -57,7 +67,7 @@ class Monitor:
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._selector.register(server, selectors.EVENT_READ, None)
-        self._peers: dict[socket.socket, list] = {}  # connection -> [received bytes, process index or None, bye]
+        self._peers: dict[socket.socket, _Peer] = {}
         self._thread = threading.Thread(target=self._run, name="jaxgan-liveness", daemon=True)
         self._thread.start()
 
@@ -79,7 +89,7 @@ class Monitor:
         except OSError:
             return
         conn.setblocking(False)
-        self._peers[conn] = [b"", None, False]
+        self._peers[conn] = _Peer()
         self._selector.register(conn, selectors.EVENT_READ, None)
 
     def _receive(self, conn: socket.socket) -> None:
@@ -91,26 +101,25 @@ class Monitor:
         except OSError:  # reset by a dying peer
             data = b""
         if data:
-            peer[0] += data
-            if peer[1] is None:  # its first line: "<token> <index>"
-                if b"\n" not in peer[0]:
-                    if len(peer[0]) > 256:
+            peer.received += data
+            if peer.index is None:  # its first line: "<token> <index>"
+                if b"\n" not in peer.received:
+                    if len(peer.received) > 256:
                         self._drop(conn)
                     return
-                line, _, peer[0] = peer[0].partition(b"\n")
+                line, _, peer.received = peer.received.partition(b"\n")
                 token, _, index = line.decode(errors="replace").partition(" ")
                 if token != self._token or not index.isdigit():
                     self._drop(conn)
                     return
-                peer[1] = int(index)
-            if _GOODBYE in peer[0]:
-                peer[2] = True
-            peer[0] = peer[0][-len(_GOODBYE) :]
+                peer.index = int(index)
+            if _GOODBYE in peer.received:
+                peer.said_goodbye = True
+            peer.received = peer.received[-len(_GOODBYE) :]
             return
         self._drop(conn)
-        index, said_goodbye = peer[1], peer[2]
-        if index is not None and not said_goodbye and not self._stop.is_set():
-            self._on_lost(index)
+        if peer.index is not None and not peer.said_goodbye and not self._stop.is_set():
+            self._on_lost(peer.index)
 
     def _drop(self, conn: socket.socket) -> None:
         self._selector.unregister(conn)
