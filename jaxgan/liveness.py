@@ -1,15 +1,16 @@
-"""Process 0 learns within milliseconds that another process was killed outright.
+"""The processes of a job learn within milliseconds that one of them was killed outright.
 
 A process killed by ``kill -9`` or the kernel's out-of-memory killer tells nobody. JAX takes it as dead
 only when its heartbeat times out (the training command's ``--peer_timeout``, 100 s by default), and a
 process that waits for it in one of the coordination service's barriers (Orbax holds several in each
 save) sits there until then and aborts with a native stack trace. The kernel, though, closes a dead
 process's sockets at once. So each other process holds one TCP connection to process 0, on the
-coordinator's host and a port that process 0 publishes, and says goodbye on it before it ends on purpose;
-a connection that closes without the goodbye is a process that died.
+coordinator's host and a port that process 0 publishes, and both ends say goodbye on it before they end
+on purpose: a connection that closes without the goodbye is a process that died. Process 0 hears of any
+other process; each other process hears of process 0 (whose death also takes JAX's coordination service,
+and JAX then aborts the others within a second: the link's line comes first, and usually the exit).
 
-Not covered: a frozen process or a lost host (their connections stay open; JAX's heartbeat ends those)
-and process 0 itself (the coordination service dies with it, and JAX ends the others within a second).
+Not covered: a frozen process or a lost host (their connections stay open; JAX's heartbeat ends those).
 Where the link cannot be made (a firewall between hosts), a warning says so and training goes on.
 """
 
@@ -64,6 +65,7 @@ class Monitor:
         self._server = server
         self._token = token
         self._on_lost = on_lost
+        self._leaving = False  # goodbye() was called: a process that names itself from now on is told at once
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._selector.register(server, selectors.EVENT_READ, None)
@@ -113,6 +115,8 @@ class Monitor:
                     self._drop(conn)
                     return
                 peer.index = int(index)
+                if self._leaving:
+                    self._say_goodbye(conn)
             if _GOODBYE in peer.received:
                 peer.said_goodbye = True
             peer.received = peer.received[-len(_GOODBYE) :]
@@ -126,8 +130,26 @@ class Monitor:
         self._peers.pop(conn, None)
         conn.close()
 
+    def _say_goodbye(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # that process has gone: nobody to tell
+            conn.sendall(_GOODBYE)
+
+    def goodbye(self) -> None:
+        """Tell every other process that process 0 ends on purpose (they must not take it as killed).
+
+        Idempotent; safe from any thread. The monitor goes on watching them.
+        """
+        if self._leaving:
+            return
+        self._leaving = True
+        for conn, peer in list(self._peers.items()):
+            if peer.index is not None:
+                self._say_goodbye(conn)
+
     def close(self) -> None:
-        """Stop watching (a connection that closes from now on is not reported) and close the sockets."""
+        """Say goodbye, stop watching (a connection that closes from now on is not reported) and close the
+        sockets."""
+        self.goodbye()
         self._stop.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
@@ -138,21 +160,45 @@ class Monitor:
 
 
 class Link:
-    """Process i's side (i > 0): the connection to process 0, held open until :meth:`goodbye`."""
+    """Process i's side (i > 0): the connection to process 0, held open until :meth:`goodbye`.
 
-    def __init__(self, conn: socket.socket) -> None:
-        self._conn = conn
+    A thread of its own reads it: when it closes without process 0's goodbye (and before this process said
+    its own), it calls ``on_lost(0)``.
+    """
+
+    def __init__(self, conn: socket.socket, on_lost: Callable[[int], None]) -> None:
+        conn.settimeout(None)  # (the connect's timeout) the reader waits as long as process 0 lives
+        self._conn: socket.socket | None = conn
         self._lock = threading.Lock()
+        self._on_lost = on_lost
+        self._thread = threading.Thread(target=self._read, args=(conn,), name="jaxgan-liveness", daemon=True)
+        self._thread.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        received = b""
+        while _GOODBYE not in received:
+            try:
+                data = conn.recv(64)
+            except OSError:  # reset by a dying process 0, or closed by goodbye()
+                data = b""
+            if not data:
+                with self._lock:
+                    leaving = self._conn is None  # this process said goodbye: it closed the connection
+                if not leaving:
+                    self._on_lost(0)
+                return
+            received = received[-len(_GOODBYE) :] + data
 
     def goodbye(self) -> None:
         """Tell process 0 that this process ends on purpose (idempotent; safe from any thread)."""
         with self._lock:
             if self._conn is None:
                 return
+            conn, self._conn = self._conn, None
             with contextlib.suppress(OSError):  # process 0 has gone: nobody to tell
-                self._conn.sendall(_GOODBYE)
-            self._conn.close()
-            self._conn = None
+                conn.sendall(_GOODBYE)
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the reader, which sees this process leaving
+            conn.close()
 
     def close(self) -> None:
         self.goodbye()
@@ -167,6 +213,8 @@ def start(
 ) -> Monitor | Link | None:
     """Process 0: listen, ``publish("<port> <token>")`` and watch (a :class:`Monitor`). Others: ``lookup``
     that value (waiting up to ``PUBLISH_WAIT_S``) and connect to the coordinator's host (a :class:`Link`).
+    ``on_lost(i)`` is called, from the link's own thread, when process i dies (i > 0 on process 0; i = 0 on
+    the others).
 
     Returns None, after a logged warning, where the link cannot be made; a process killed outright is then
     noticed after JAX's heartbeat timeout, as without this module.
@@ -196,4 +244,4 @@ def start(
     except OSError as e:
         logging.warning("Cannot connect to process 0 at %s:%s (%s): %s.", host, port, e, what)
         return None
-    return Link(conn)
+    return Link(conn, on_lost)

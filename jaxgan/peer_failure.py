@@ -24,13 +24,16 @@ which every process already talks to):
 A process killed outright (``kill -9``, out of memory) writes nothing, but process 0 sees its connection
 close (``jaxgan.liveness``): it writes ``failed`` with the word ``lost`` for that process and ends, and the
 others' watchers end them, each with one line, wherever they were waiting (a collective, an Orbax
-barrier). A peer whose step fails first (on CPU, Gloo often raises in the collective at once) waits at most
-``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime, it names the
-processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is reported as it
-is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the job after its
+barrier). When process 0 is the one killed, the coordination service dies with it: each other process
+sees its own connection close and ends at once with the same line (JAX would abort it within a second
+with a native stack trace). A peer whose step fails first (on CPU, Gloo often raises in the collective at
+once) waits at most ``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime,
+it names the processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is
+reported as it is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the job after its
 timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own message.
 
-One thread ends a process: the first of its main thread (leaving the Watch), its watcher and its monitor.
+One thread ends a process: the first of its main thread (leaving the Watch), its watcher and its liveness
+link's thread.
 """
 
 from __future__ import annotations
@@ -162,8 +165,8 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
     """
     if flush:
         _flush()
-    if isinstance(_link, liveness.Link):
-        _link.goodbye()  # this process ends on purpose: process 0 must not take it as killed
+    if _link is not None:
+        _link.goodbye()  # this process ends on purpose: the others must not take it as killed
     client = _client()
     if client is not None and _watching:
         me = jax.process_index()
@@ -216,7 +219,7 @@ class Watch:
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
         if not self._ending.acquire(blocking=False):  # the watcher or the monitor is ending this process
             threading.Event().wait()  # (its os._exit comes within seconds)
-        if isinstance(_link, liveness.Link):
+        if _link is not None:
             _link.goodbye()
         if error is not None:
             announce(describe(error))
@@ -280,10 +283,16 @@ class Watch:
             exit_now(1)
 
     def _peer_lost(self, index: int) -> None:
-        """(Process 0's monitor thread) process ``index`` died: tell the others, and end this process."""
+        """(The liveness link's thread) process ``index`` died. Process 0 tells the others and ends. Another
+        process, told that process 0 died, ends at once: JAX aborts it within a second (the coordination
+        service died with process 0), and nothing is left to tell or wait for."""
         _record_lost(index)
         if not self._ending.acquire(blocking=False):  # ending already; its waits now skip that process
             return
+        me = jax.process_index()
+        if me != 0:
+            os.write(2, f"\n{_lost_line([index], me)}\n".encode())  # (no lock that a busy thread may hold)
+            os._exit(1)
         self._stopped.set()
         _set(self._client, "failed", f"{index}\t{_LOST}")
         print(f"\n{_lost_line([index], 0)}", file=sys.stderr, flush=True)

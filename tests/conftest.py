@@ -131,7 +131,7 @@ LONG_FILES = {
     "test_train.py": 229,
     "test_runner.py": 177,
     "test_conv_forms.py": 98,
-    "test_peers.py": 275,  # 2026-12-03: ~245 s, then a kill test of two processes became one of three (+30 s)
+    "test_peers.py": 335,  # 2026-12-03: ~245 s; +30 s (a kill test of three processes), +60 s (process 0 killed)
     "test_export.py": 70,
     "test_benchmarks.py": 48,
     "test_app.py": 45,

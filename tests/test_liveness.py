@@ -1,4 +1,5 @@
-"""The liveness connections: process 0 hears of a peer that died at once, and of nothing else."""
+"""The liveness connections: process 0 hears at once of a peer that died, the others of process 0, and
+nobody of a process that said goodbye."""
 
 import logging
 import queue
@@ -25,8 +26,10 @@ def monitor():
     monitor.close()
 
 
-def _link(index: int, address: str, token: str) -> liveness.Link:
-    link = liveness.start(index, address, lambda v: None, lambda s: f"{address.rpartition(':')[2]} {token}", None)
+def _link(index: int, address: str, token: str, reports: queue.Queue | None = None) -> liveness.Link:
+    """Process ``index``'s link; ``reports`` receives 0 if it hears that process 0 died."""
+    lookup = lambda s: f"{address.rpartition(':')[2]} {token}"  # noqa: E731
+    link = liveness.start(index, address, lambda v: None, lookup, (reports or queue.Queue()).put)
     assert isinstance(link, liveness.Link)
     return link
 
@@ -48,7 +51,7 @@ def test_a_process_that_says_goodbye_is_not_reported(monitor):
 def test_a_connection_closed_without_goodbye_is_reported_with_its_index(monitor):
     _, address, token, reports = monitor
     kept, closed = _link(1, address, token), _link(3, address, token)
-    closed._conn.close()  # as the kernel closes a dead process's socket
+    closed._conn.shutdown(socket.SHUT_RDWR)  # as the kernel closes a dead process's socket (no goodbye)
     assert reports.get(timeout=2) == 3
     _no_report(reports)
     kept.goodbye()
@@ -83,6 +86,41 @@ def test_strangers_and_a_closed_monitor_report_nothing(monitor):
     mon.close()
     late._conn.close()
     _no_report(reports)
+
+
+def test_the_others_hear_at_once_that_process_0_was_killed():
+    code = (
+        "import time\nfrom jaxgan import liveness\n"
+        "liveness.start(0, None, lambda v: print(v, flush=True), None, print)\ntime.sleep(60)"
+    )
+    process_0 = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port, token = process_0.stdout.readline().split()
+        reports: queue.Queue = queue.Queue()
+        links = [_link(i, f"127.0.0.1:{port}", token, reports) for i in (1, 2)]
+        _no_report(reports)  # alive: nothing
+        process_0.send_signal(signal.SIGKILL)
+        assert [reports.get(timeout=2), reports.get(timeout=2)] == [0, 0]  # one report from each link
+        _no_report(reports)
+        links[0].goodbye()  # (process 0 has gone: nobody to tell, no error)
+    finally:
+        process_0.kill()
+        process_0.wait()
+
+
+def test_process_0_saying_goodbye_and_a_process_leaving_are_not_reported(monitor):
+    mon, address, token, reports = monitor
+    heard: queue.Queue = queue.Queue()
+    leaving, staying = _link(1, address, token, heard), _link(2, address, token, heard)
+    leaving.goodbye()  # closes its own connection: its reader must not take that for process 0 dying
+    _no_report(heard)
+    mon.goodbye()
+    mon.goodbye()  # twice (exit_now, then the Watch's close): harmless
+    late = _link(3, address, token, heard)  # connects after the goodbye: told at once
+    mon.close()  # process 0 ends: its connections close, after its goodbye
+    _no_report(heard)
+    _no_report(reports)
+    assert not staying._thread.is_alive() and not late._thread.is_alive()  # each read the goodbye and stopped
 
 
 def test_without_an_address_the_others_go_on_without_a_link(caplog):

@@ -269,3 +269,20 @@ def test_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
     seconds = time.monotonic() - t
     assert procs[0].returncode != 0 and "stopped sending heartbeats" in out, out
     assert seconds < 60, (seconds, out)  # 5-15 s here; 100 s with JAX's default
+
+
+def test_process_0_killed_ends_the_others_with_one_line(tmp_path):
+    # Process 0 holds JAX's coordination service, which dies with it: JAX aborted the others within a second with
+    # "Terminating process because the JAX distributed service detected fatal errors" and a native stack trace
+    # (exit -6). Each now sees its liveness connection to process 0 close first and ends with the line.
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN)
+    _read_until(procs[0], "step 10 ")
+    procs[0].kill()
+    t = time.monotonic()
+    out = _finish(procs, timeout=120)[1]
+    seconds = time.monotonic() - t
+    assert procs[1].returncode == 1, out
+    assert ("error: process(es) [0] ended without a word (killed, out of memory?); process 1 cannot go on without "
+            "it and stops too. Rerun the same command on every process") in out, out  # fmt: skip
+    assert "Check failure" not in out and "Fatal Python error" not in out, out
+    assert seconds < 10, (seconds, out)  # 0.2-0.3 s here
