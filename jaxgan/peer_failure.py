@@ -29,8 +29,9 @@ sees its own connection close and ends at once with the same line (JAX would abo
 with a native stack trace). A peer whose step fails first (on CPU, Gloo often raises in the collective at
 once) waits at most ``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime,
 it names the processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is
-reported as it is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the job after its
-timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own message.
+reported as it is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the
+job after its timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own
+message.
 
 One thread ends a process: the first of its main thread (leaving the Watch), its watcher and its liveness
 link's thread.
