@@ -145,6 +145,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "results_max_images": _int(0),
         "results_fid": _bool,
         "profile_steps": _profile,
+        "stall_timeout_s": _num(0.0, None),
     }
 
 

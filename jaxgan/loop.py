@@ -31,6 +31,7 @@ from jaxgan import (
     report,
     results,
     run_lock,
+    stall,
     train,
 )
 from jaxgan.config_check import ConfigError, parse_profile_steps  # noqa: F401  (part of this module's API)
@@ -215,6 +216,7 @@ def _train_and_evaluate(
     def flush(step: int, elapsed: float, images: int) -> dict[str, float]:
         """Fetch the buffered metrics (one host sync), check them, log their mean."""
         nonlocal last_good_step
+        watchdog.beat("fetching the metrics of step {step} (waiting for the devices to finish it)", step)
         host = [(s, {k: results.to_host(v) for k, v in m.items()}) for s, m in pending]
         pending.clear()
         for s, m in host:
@@ -231,6 +233,7 @@ def _train_and_evaluate(
         return mean
 
     def save_samples(step: int) -> None:
+        watchdog.beat("writing the sample grid of step {step}", step)
         params = state.generator_params(str(config.get("eval_weights", "ema")))
         out = sample_fn(params, results.replicated(samples_a, mesh), results.replicated(samples_b, mesh))
         cols = [samples_a, results.to_host(out["fake_b"]), results.to_host(out["rec_a"]),
@@ -252,12 +255,17 @@ def _train_and_evaluate(
     batches = parallel.prefetch_to_mesh(stream.iterate(start), mesh, depth=2)
     t_last, steps_since = time.perf_counter(), 0
     step, tracing = start, False
+    watchdog = stall.Watchdog(float(config.get("stall_timeout_s", 0)), workdir)  # a phase that never ends ends the run
     try:
-        with Preemption() as preempt:
+        with Preemption() as preempt, watchdog:
             while step < total_steps:
                 if profile and step + 1 == profile[0]:
                     tracing = _start_trace(workdir / "profile")
-                state, metrics = step_fn(state, next(batches))
+                watchdog.beat("waiting for the input pipeline's batch of step {step}", step + 1)
+                batch = next(batches)
+                # The first call compiles the step (not timed); later ones return once the step is queued.
+                watchdog.beat("dispatching step {step}", step + 1, timed=step > start)
+                state, metrics = step_fn(state, batch)
                 step += 1
                 if tracing and step == profile[1]:
                     jax.block_until_ready(state)
@@ -268,6 +276,7 @@ def _train_and_evaluate(
                 pending.append((step, metrics))
                 is_last = step == total_steps
                 do_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
+                watchdog.beat("checking for a stop signal after step {step} (with the other processes)", step)
                 stop = preempt.requested(step, sync=(step % log_every == 0) or do_ckpt or is_last)
                 if step % log_every == 0 or do_ckpt or stop or is_last:
                     now = time.perf_counter()
@@ -291,6 +300,7 @@ def _train_and_evaluate(
                     save_samples(step)
                     cpu_memory.release_free_memory()
                 if do_ckpt or stop:
+                    watchdog.beat("saving the checkpoint of step {step}", step)
                     ckpt.save(step, state)
                     cpu_memory.release_free_memory()
                 if stop:

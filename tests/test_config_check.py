@@ -33,6 +33,7 @@ def test_shipped_configs_are_valid(variant):
         ("flip", "yes", "True or False"),
         ("dataset", "folder:", "'synthetic', 'folder:PATH'"),
         ("profile_steps", "9..3", "'N..M'"),
+        ("stall_timeout_s", -1.0, "a number in [0.0, inf)"),
         ("crop_size", 30, "a multiple of 4"),
         ("crop_size", 20, "at least 24 for the PatchGAN's 3 stride-2 layers"),
         ("load_size", 100, "must be >= crop_size=256"),

@@ -78,6 +78,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.results_max_images = 0  # 0: translate the whole test splits for the results page
     config.results_fid = True  # FID/KID on the results page when the FID Inception weights are installed
+    config.stall_timeout_s = 1800.0  # a phase of a step (batch, step, save, ...) that lasts longer ends the run; 0: off
     config.profile_steps = ""  # "N..M": a jax.profiler trace of steps N to M in WORKDIR/profile (TensorBoard)
 
     # Devices: a mesh over all devices of all processes; the batch is split along "data".

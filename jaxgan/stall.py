@@ -1,0 +1,93 @@
+"""A training run that stops making progress ends with one line and every thread's stack, instead of hanging.
+
+A collective that never completes (a peer's device hung, a network fault that the coordination service's
+heartbeat does not see, because the hung process's heartbeat thread is alive), a file system that stopped
+answering, or an input pipeline stuck on one read all leave the training loop waiting forever: the job burns
+its allocation and says nothing. The loop therefore names each phase of each step before it starts it
+(:meth:`Watchdog.beat`: waiting for the batch, dispatching the step, fetching its metrics, saving, writing
+samples). A thread of the watchdog's own ends the process when one phase has lasted ``timeout_s``:
+
+- it writes every Python thread's stack to ``WORKDIR/stall_process<i>.txt`` (where the main thread waits);
+- it prints one line: the step, the phase, the seconds, the file, and how to resume;
+- with several processes it tells the others through ``jaxgan.peer_failure``, and each ends with its line;
+- it ends the process with status 1. The checkpoints already written stay (a save cut short leaves the one
+  before it), so rerunning the same command resumes.
+
+The first step's dispatch compiles the step (seconds to minutes) and is not timed; every later phase is,
+the first sample grid's and the first save's included (they compile or set up little). ``timeout_s`` 0 turns
+the watchdog off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import pathlib
+import sys
+import threading
+import time
+
+import jax
+
+from jaxgan import peer_failure
+
+STATUS = 1
+
+
+class Watchdog:
+    """Context manager around the training loop; :meth:`beat` before each phase.
+
+    ``beat(what, step)``: ``what`` is a phrase with ``{step}`` in it (formatted only if the process ends,
+    so a beat costs two assignments); ``timed=False`` lets that phase last as long as it takes.
+    """
+
+    def __init__(self, timeout_s: float, workdir: str | pathlib.Path) -> None:
+        self.timeout_s = float(timeout_s)
+        self._stack_file = pathlib.Path(workdir) / f"stall_process{jax.process_index()}.txt"
+        self._phase: tuple[str, int, float, bool] = ("starting", 0, time.monotonic(), False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, what: str, step: int, timed: bool = True) -> None:
+        self._phase = (what, step, time.monotonic(), timed)  # one assignment: the watcher reads it whole
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout_s > 0:
+            self._thread = threading.Thread(target=self._watch, name="jaxgan-stall", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _watch(self) -> None:
+        interval = min(5.0, max(0.1, self.timeout_s / 10))
+        while not self._stop.wait(interval):
+            what, step, since, timed = self._phase
+            seconds = time.monotonic() - since
+            if timed and seconds >= self.timeout_s and not self._stop.is_set():
+                self._end(what.format(step=step), seconds)
+
+    def _end(self, what: str, seconds: float) -> None:
+        """Write the stacks, say why, tell the other processes, end this one."""
+        try:
+            with open(self._stack_file, "w") as f:
+                f.write(f"jaxgan: no progress for {seconds:.0f} s while {what}. Every thread's stack:\n\n")
+                f.flush()
+                faulthandler.dump_traceback(f, all_threads=True)
+            where = f"Every thread's stack is in {self._stack_file}."
+        except OSError as e:
+            where = f"(Could not write the threads' stacks to {self._stack_file}: {e}.)"
+        me = jax.process_index()
+        of = f" on process {me}" if jax.process_count() > 1 else ""
+        line = (f"\nerror: no progress for {seconds:.0f} s{of} while {what} (--config.stall_timeout_s="
+                f"{self.timeout_s:g}): a hung device, collective or file system? {where} The checkpoints written so "
+                "far are kept: rerun the same command to resume from the newest.\n")  # fmt: skip
+        os.write(2, line.encode())  # (no lock that the stuck main thread may hold)
+        peer_failure.announce(f"no progress for {seconds:.0f} s while {what}")
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        peer_failure.exit_now(STATUS, flush=False)
