@@ -263,8 +263,7 @@ def _train_and_evaluate(
                     tracing = _start_trace(workdir / "profile")
                 watchdog.beat("waiting for the input pipeline's batch of step {step}", step + 1)
                 batch = next(batches)
-                # The first call compiles the step (not timed); later ones return once the step is queued.
-                watchdog.beat("dispatching step {step}", step + 1, timed=step > start)
+                watchdog.beat("dispatching step {step}", step + 1)
                 state, metrics = step_fn(state, batch)
                 step += 1
                 if tracing and step == profile[1]:
@@ -281,6 +280,7 @@ def _train_and_evaluate(
                 if step % log_every == 0 or do_ckpt or stop or is_last:
                     now = time.perf_counter()
                     mean = flush(step, now - t_last, steps_since * int(config.batch_size))
+                    watchdog.arm()  # past the compilations of the first steps (on every process)
                     t_last, steps_since = now, 0
                     if mean and main and on_log is not None:
                         on_log(step, mean)

@@ -13,9 +13,10 @@ samples). A thread of the watchdog's own ends the process when one phase has las
 - it ends the process with status 1. The checkpoints already written stay (a save cut short leaves the one
   before it), so rerunning the same command resumes.
 
-The first step's dispatch compiles the step (seconds to minutes) and is not timed; every later phase is,
-the first sample grid's and the first save's included (they compile or set up little). ``timeout_s`` 0 turns
-the watchdog off.
+Nothing is timed until :meth:`Watchdog.arm`, which the loop calls once it has fetched its first metrics:
+the first steps compile (seconds to minutes), and with several processes each one's first steps also wait
+for the slowest one's compilation. Every later phase is timed, the first sample grid's and the first save's
+included (they compile or set up little). ``timeout_s`` 0 turns the watchdog off.
 """
 
 from __future__ import annotations
@@ -36,21 +37,27 @@ STATUS = 1
 
 
 class Watchdog:
-    """Context manager around the training loop; :meth:`beat` before each phase.
+    """Context manager around the training loop; :meth:`beat` before each phase, :meth:`arm` once the
+    run is under way.
 
     ``beat(what, step)``: ``what`` is a phrase with ``{step}`` in it (formatted only if the process ends,
-    so a beat costs two assignments); ``timed=False`` lets that phase last as long as it takes.
+    so a beat costs an assignment).
     """
 
     def __init__(self, timeout_s: float, workdir: str | pathlib.Path) -> None:
         self.timeout_s = float(timeout_s)
         self._stack_file = pathlib.Path(workdir) / f"stall_process{jax.process_index()}.txt"
-        self._phase: tuple[str, int, float, bool] = ("starting", 0, time.monotonic(), False)
+        self._phase: tuple[str, int, float] = ("starting", 0, time.monotonic())
+        self._armed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def beat(self, what: str, step: int, timed: bool = True) -> None:
-        self._phase = (what, step, time.monotonic(), timed)  # one assignment: the watcher reads it whole
+    def beat(self, what: str, step: int) -> None:
+        self._phase = (what, step, time.monotonic())  # one assignment: the watcher reads it whole
+
+    def arm(self) -> None:
+        """Time the phases from now on (the current one from its start)."""
+        self._armed = True
 
     def __enter__(self) -> Watchdog:
         if self.timeout_s > 0:
@@ -66,9 +73,9 @@ class Watchdog:
     def _watch(self) -> None:
         interval = min(5.0, max(0.1, self.timeout_s / 10))
         while not self._stop.wait(interval):
-            what, step, since, timed = self._phase
+            what, step, since = self._phase
             seconds = time.monotonic() - since
-            if timed and seconds >= self.timeout_s and not self._stop.is_set():
+            if self._armed and seconds >= self.timeout_s and not self._stop.is_set():
                 self._end(what.format(step=step), seconds)
 
     def _end(self, what: str, seconds: float) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT, cpu_devices_env, training_processes
-from test_peers import _finish, _patched
+from test_peers import _LONG_RUN, _finish, _patched, _read_until
 
 from jaxgan import stall
 
@@ -27,6 +27,9 @@ def _stuck_here(seconds: float) -> None:
 
 def test_a_phase_past_the_limit_ends_the_process_with_the_stacks(tmp_path, ended, capfd):
     with stall.Watchdog(0.5, tmp_path) as watchdog:
+        watchdog.beat("dispatching step {step}", 1)
+        _stuck_here(1.0)  # before arm(): the first steps compile, as long as they take
+        watchdog.arm()
         watchdog.beat("saving the checkpoint of step {step}", 12)
         _stuck_here(1.5)
     assert ended.get(timeout=1) == stall.STATUS
@@ -39,15 +42,15 @@ def test_a_phase_past_the_limit_ends_the_process_with_the_stacks(tmp_path, ended
     assert "_stuck_here" in stacks and "test_a_phase_past_the_limit" in stacks  # where the main thread waited
 
 
-def test_phases_that_keep_moving_an_untimed_phase_and_timeout_0_never_end_it(tmp_path, ended):
+def test_phases_that_keep_moving_and_timeout_0_never_end_it(tmp_path, ended):
     with stall.Watchdog(0.5, tmp_path) as watchdog:
+        watchdog.arm()
         for step in range(10):  # 1.5 s in all, each phase 0.15 s
             watchdog.beat("dispatching step {step}", step)
             _stuck_here(0.15)
-        watchdog.beat("dispatching step {step}", 10, timed=False)  # the first step: it compiles
-        _stuck_here(1.0)
     off = stall.Watchdog(0, tmp_path)
     with off:
+        off.arm()
         off.beat("dispatching step {step}", 1)
         _stuck_here(0.3)
     assert off._thread is None
@@ -107,3 +110,21 @@ def test_a_process_whose_input_hangs_ends_and_so_does_the_one_waiting_for_it(tmp
     ), outs[0]
     assert "Check failure" not in outs[0] + outs[1] and "Traceback" not in outs[0] + outs[1], outs
     assert "in hanging" in (tmp_path / "stall_process1.txt").read_text()
+
+
+def test_without_the_liveness_link_a_killed_peer_still_ends_the_other_with_our_line(tmp_path):
+    # Where the liveness connection cannot be made (a firewall), process 0 learns of a killed peer only when its
+    # own work fails or stops: Gloo's collective raises (PeerLostError after PEER_WAIT_S) or hangs (the watchdog,
+    # after stall_timeout_s); either comes long before JAX's heartbeat (--peer_timeout) and its native abort.
+    no_link = "from jaxgan import liveness\nliveness.start = lambda *args, **kwargs: None"
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--config.stall_timeout_s=5", "--peer_timeout=100",
+                               launch=_patched(no_link))  # fmt: skip
+    _read_until(procs[0], "step 10 ")
+    procs[1].kill()
+    t = time.monotonic()
+    out = _finish(procs, timeout=120)[0]
+    seconds = time.monotonic() - t
+    assert procs[0].returncode == 1, out
+    assert "error: process(es) [1] ended without a word" in out or "error: no progress for 5 s while" in out, out
+    assert "Check failure" not in out and "stopped sending heartbeats" not in out, out
+    assert seconds < 60, (seconds, out)
