@@ -21,11 +21,9 @@ included (they compile or set up little). ``timeout_s`` 0 turns the watchdog off
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import pathlib
-import sys
 import threading
 import time
 
@@ -95,6 +93,4 @@ class Watchdog:
                 "far are kept: rerun the same command to resume from the newest.\n")  # fmt: skip
         os.write(2, line.encode())  # (no lock that the stuck main thread may hold)
         peer_failure.announce(f"no progress for {seconds:.0f} s while {what}")
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-        peer_failure.exit_now(STATUS, flush=False)
+        peer_failure.exit_now(STATUS, flush=False)  # (not Python's streams: the main thread may hold their locks)
