@@ -118,6 +118,16 @@ _LONG_RUN = ("--config.num_train_steps=400", "--config.log_every_steps=10", "--c
              "--config.sample_every_steps=0")  # fmt: skip
 
 
+def kill_at_step_10(procs, victim: int) -> tuple[list[str], float]:
+    """SIGKILL process ``victim`` once process 0 has logged step 10; every process's output after that, and the
+    seconds until all had ended."""
+    _read_until(procs[0], "step 10 ")
+    procs[victim].kill()
+    t = time.monotonic()
+    outs = _finish(procs, timeout=120)
+    return outs, time.monotonic() - t
+
+
 def _read_until(proc, text: str) -> str:
     """Read ``proc``'s output until a line holds ``text``; what it printed until then."""
     head = []
@@ -276,11 +286,8 @@ def test_process_0_killed_ends_the_others_with_one_line(tmp_path):
     # "Terminating process because the JAX distributed service detected fatal errors" and a native stack trace
     # (exit -6). Each now sees its liveness connection to process 0 close first and ends with the line.
     procs = training_processes([tmp_path] * 2, *_LONG_RUN)
-    _read_until(procs[0], "step 10 ")
-    procs[0].kill()
-    t = time.monotonic()
-    out = _finish(procs, timeout=120)[1]
-    seconds = time.monotonic() - t
+    outs, seconds = kill_at_step_10(procs, victim=0)
+    out = outs[1]
     assert procs[1].returncode == 1, out
     assert ("error: process(es) [0] ended without a word (killed, out of memory?); process 1 cannot go on without "
             "it and stops too. Rerun the same command on every process") in out, out  # fmt: skip

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT, cpu_devices_env, training_processes
-from test_peers import _LONG_RUN, _finish, _patched, _read_until
+from test_peers import _LONG_RUN, _finish, _patched, kill_at_step_10
 
 from jaxgan import stall
 
@@ -119,11 +119,8 @@ def test_without_the_liveness_link_a_killed_peer_still_ends_the_other_with_our_l
     no_link = "from jaxgan import liveness\nliveness.start = lambda *args, **kwargs: None"
     procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--config.stall_timeout_s=5", "--peer_timeout=100",
                                launch=_patched(no_link))  # fmt: skip
-    _read_until(procs[0], "step 10 ")
-    procs[1].kill()
-    t = time.monotonic()
-    out = _finish(procs, timeout=120)[0]
-    seconds = time.monotonic() - t
+    outs, seconds = kill_at_step_10(procs, victim=1)
+    out = outs[0]
     assert procs[0].returncode == 1, out
     assert "error: process(es) [1] ended without a word" in out or "error: no progress for 5 s while" in out, out
     assert "Check failure" not in out and "stopped sending heartbeats" not in out, out
