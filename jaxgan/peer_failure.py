@@ -33,8 +33,10 @@ reported as it is). A frozen process or a lost host keeps its connection open: J
 job after its timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own
 message.
 
-One thread ends a process: the first of its main thread (leaving the Watch), its watcher and its liveness
-link's thread.
+Of a Watch's threads, one ends a process: the first of its main thread (leaving the Watch), its watcher and
+its liveness link's thread. Two enders outside the Watch call :func:`exit_now` on their own: a second
+Ctrl-C (``jaxgan.preemption``) and the stall watchdog (``jaxgan.stall``); either may race one of those
+threads, and the process then ends with the status of whichever reaches ``os._exit`` first.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class Watch:
         if self._client is None:
             return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
-        if not self._ending.acquire(blocking=False):  # the watcher or the monitor is ending this process
+        if not self._ending.acquire(blocking=False):  # the watcher or the liveness link is ending this process
             threading.Event().wait()  # (its os._exit comes within seconds)
         if _link is not None:
             _link.goodbye()
