@@ -65,7 +65,7 @@ class Monitor:
         self._server = server
         self._token = token
         self._on_lost = on_lost
-        self._leaving = False  # goodbye() was called: a process that names itself from now on is told at once
+        self._leaving = False  # goodbye() was called: a connection accepted from now on is told at once
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._selector.register(server, selectors.EVENT_READ, None)
@@ -85,14 +85,18 @@ class Monitor:
                 else:
                     self._receive(key.fileobj)
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Accept one connection (told at once if process 0 is leaving); False if none was waiting."""
         try:
             conn, _ = self._server.accept()
         except OSError:
-            return
+            return False
         conn.setblocking(False)
         self._peers[conn] = _Peer()
         self._selector.register(conn, selectors.EVENT_READ, None)
+        if self._leaving:
+            self._say_goodbye(conn)
+        return True
 
     def _receive(self, conn: socket.socket) -> None:
         peer = self._peers[conn]
@@ -115,8 +119,6 @@ class Monitor:
                     self._drop(conn)
                     return
                 peer.index = int(index)
-                if self._leaving:
-                    self._say_goodbye(conn)
             if _GOODBYE in peer.received:
                 peer.said_goodbye = True
             peer.received = peer.received[-len(_GOODBYE) :]
@@ -137,14 +139,14 @@ class Monitor:
     def goodbye(self) -> None:
         """Tell every other process that process 0 ends on purpose (they must not take it as killed).
 
+        Every connection is told, also one whose first line is still unread (a stranger's is harmless).
         Idempotent; safe from any thread. The monitor goes on watching them.
         """
         if self._leaving:
             return
         self._leaving = True
-        for conn, peer in list(self._peers.items()):
-            if peer.index is not None:
-                self._say_goodbye(conn)
+        for conn in list(self._peers):
+            self._say_goodbye(conn)
 
     def close(self) -> None:
         """Say goodbye, stop watching (a connection that closes from now on is not reported) and close the
@@ -153,6 +155,9 @@ class Monitor:
         self._stop.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
+        self._server.setblocking(False)
+        while self._accept():  # connections the thread had not accepted yet are told too
+            pass
         for conn in list(self._peers):
             self._drop(conn)
         self._selector.close()
