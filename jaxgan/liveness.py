@@ -150,7 +150,9 @@ class Monitor:
 
     def close(self) -> None:
         """Say goodbye, stop watching (a connection that closes from now on is not reported) and close the
-        sockets."""
+        sockets (idempotent)."""
+        if self._server.fileno() == -1:  # closed already
+            return
         self.goodbye()
         self._stop.set()
         if threading.current_thread() is not self._thread:
