@@ -60,7 +60,8 @@ def initialize_distributed(
     before any other JAX call that touches devices. A process whose peers have
     not all joined within ``timeout_s`` seconds exits with status 2 and one
     error line (see :func:`_join`). A process that stops sending JAX's heartbeats for ``peer_timeout_s``
-    seconds (killed, a lost host) is taken as dead and JAX ends every process (see ``jaxgan.peer_failure``).
+    seconds (killed, a lost host) is taken as dead and JAX ends every process; the training command's
+    ``peer_failure.Watch`` ends them earlier, with one line (see ``jaxgan.peer_failure``).
     """
     if timeout_s < 1:
         raise ParallelError(f"--distributed_timeout must be at least 1 second, got {timeout_s}.")

@@ -29,9 +29,9 @@ sees its own connection close and ends at once with the same line (JAX would abo
 with a native stack trace). A peer whose step fails first (on CPU, Gloo often raises in the collective at
 once) waits at most ``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime,
 it names the processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is
-reported as it is). A frozen process or a lost host keeps its connection open: JAX's heartbeat ends the
-job after its timeout (the training command's ``--peer_timeout``, JAX's default 100 s) with JAX's own
-message.
+reported as it is). A frozen process or a lost host keeps its connection open but stops beating on it:
+with :class:`Watch`'s ``silence_s`` (the training command: half of ``--peer_timeout``), the same happens
+after that many seconds of silence, before JAX's heartbeat would abort the job with a native stack trace.
 
 Of a Watch's threads, one ends a process: the first of its main thread (leaving the Watch), its watcher and
 its liveness link's thread. Two enders outside the Watch call :func:`exit_now` on their own: a second
@@ -62,9 +62,9 @@ _PREFIX = "jaxgan/peer_failure"
 _generation = 0  # one key space per Watch: the processes enter their Watches in the same order
 _announced = False
 _watching = False  # inside a Watch: the others write their left/ keys
-_lost: tuple[int, ...] = ()  # processes that ended without a word (no left key): nobody waits for them
+_lost: tuple[int, ...] = ()  # processes that ended (or fell silent) without a word: nobody waits for them
 _link: liveness.Monitor | liveness.Link | None = None  # this process's end of the liveness connections
-_LOST = "lost"  # the error of a process that ended without a word, in the failed key
+_LOST = "lost"  # the error of a process that ended or fell silent without a word, in the failed key
 
 
 class PeerLostError(RuntimeError):
@@ -88,10 +88,9 @@ def _key(name: str) -> str:
     return f"{_PREFIX}/{_generation}/{name}"
 
 
-def _lost_line(indices: Sequence[int], me: int) -> str:
-    return (f"error: process(es) {list(indices)} ended without a word (killed, out of memory?); process {me} "
-            "cannot go on without it and stops too. Rerun the same command on every process to resume from the "
-            "last checkpoint.")  # fmt: skip
+def _lost_line(indices: Sequence[int], me: int, how: str = liveness.KILLED) -> str:
+    return (f"error: process(es) {list(indices)} {how}; process {me} cannot go on without it and stops too. "
+            "Rerun the same command on every process to resume from the last checkpoint.")  # fmt: skip
 
 
 def describe(error: BaseException) -> str:
@@ -194,10 +193,12 @@ class Watch:
 
     With one process it does nothing. Enter it on every process at the same point (the training command
     does, around everything after ``jax.distributed`` starts), and end a process that failed with
-    :func:`exit_now`.
+    :func:`exit_now`. ``silence_s``: seconds without a beat on the liveness link after which a peer counts
+    as lost (frozen, or a lost host); None: only a closed link counts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, silence_s: float | None = None) -> None:
+        self._silence_s = silence_s
         self._stopped = threading.Event()
         self._ending = threading.Lock()  # held by the one thread that ends this process
         self._thread: threading.Thread | None = None
@@ -212,7 +213,7 @@ class Watch:
         _announced, _watching, _lost = False, True, ()
         self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
-        _start_link(self._client, self._peer_lost)
+        _start_link(self._client, self._peer_lost, self._silence_s)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
@@ -243,7 +244,8 @@ class Watch:
         failed = sorted(i for i, status in left.items() if status != "0")
         if error is None and (failed or _lost):
             why = (f"Process(es) {failed} stopped with an error (their output has the details)" if failed else
-                   f"Process(es) {list(_lost)} ended without a word (killed, out of memory?)")  # fmt: skip
+                   f"Process(es) {list(_lost)} ended or fell silent without a word (killed, out of memory, a lost "
+                   "host?)")  # fmt: skip
             print(f"\n{why}. This process (process {me}) had finished its work, which is saved; it ends now too.",
                   file=sys.stderr, flush=True)  # fmt: skip
             exit_now(0)
@@ -270,35 +272,37 @@ class Watch:
             if value is None:
                 continue
             pid, _, what = value.partition("\t")
+            kind, _, how = what.partition("\t")
             me = jax.process_index()
-            if what == _LOST:  # (set by process 0's monitor) no process waits for it any more
+            if kind == _LOST:  # (set by process 0's monitor) no process waits for it any more
                 _record_lost(int(pid))
             if int(pid) in (me, -1) or self._stopped.wait(GRACE_S):  # this one stops on its own (the same error?)
                 return
             if not self._ending.acquire(blocking=False):
                 return
-            if what == _LOST:
-                print(f"\n{_lost_line([int(pid)], me)}", file=sys.stderr, flush=True)
+            if kind == _LOST:
+                print(f"\n{_lost_line([int(pid)], me, how)}", file=sys.stderr, flush=True)
             else:
                 print(f"\nerror: process {pid} stopped with {what} (its output has the details). Process {me} "
                       "cannot go on without it and stops too. Rerun the same command on every process to resume "
                       "from the last checkpoint.", file=sys.stderr, flush=True)  # fmt: skip
             exit_now(1)
 
-    def _peer_lost(self, index: int) -> None:
-        """(The liveness link's thread) process ``index`` died. Process 0 tells the others and ends. Another
-        process, told that process 0 died, ends at once: JAX aborts it within a second (the coordination
-        service died with process 0), and nothing is left to tell or wait for."""
+    def _peer_lost(self, index: int, how: str) -> None:
+        """(The liveness link's thread) process ``index`` died or fell silent (``how`` says which). Process 0
+        tells the others and ends. Another process, told that process 0 is lost, ends at once: JAX aborts it
+        within a second (a killed process 0 takes the coordination service with it), or after its heartbeat
+        timeout, and nothing is left to tell or wait for."""
         _record_lost(index)
         if not self._ending.acquire(blocking=False):  # ending already; its waits now skip that process
             return
         me = jax.process_index()
         if me != 0:
-            os.write(2, f"\n{_lost_line([index], me)}\n".encode())  # (no lock that a busy thread may hold)
+            os.write(2, f"\n{_lost_line([index], me, how)}\n".encode())  # (no lock that a busy thread may hold)
             os._exit(1)
         self._stopped.set()
-        _set(self._client, "failed", f"{index}\t{_LOST}")
-        print(f"\n{_lost_line([index], 0)}", file=sys.stderr, flush=True)
+        _set(self._client, "failed", f"{index}\t{_LOST}\t{how}")
+        print(f"\n{_lost_line([index], 0, how)}", file=sys.stderr, flush=True)
         exit_now(1)
 
 
@@ -308,7 +312,7 @@ def _record_lost(index: int) -> None:
         _lost = (*_lost, index)
 
 
-def _start_link(client: Any, on_lost: Callable[[int], None]) -> None:
+def _start_link(client: Any, on_lost: Callable[[int, str], None], silence_s: float | None) -> None:
     """Open this process's end of the liveness connections (see ``jaxgan.liveness``)."""
     global _link
 
@@ -319,4 +323,5 @@ def _start_link(client: Any, on_lost: Callable[[int], None]) -> None:
             return None
 
     address = getattr(_distributed_state(), "coordinator_address", None)
-    _link = liveness.start(jax.process_index(), address, lambda v: _set(client, "alive", v), lookup, on_lost)
+    publish = lambda v: _set(client, "alive", v)  # noqa: E731
+    _link = liveness.start(jax.process_index(), address, publish, lookup, on_lost, silence_s)
