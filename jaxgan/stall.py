@@ -13,10 +13,13 @@ samples). A thread of the watchdog's own ends the process when one phase has las
 - it ends the process with status 1. The checkpoints already written stay (a save cut short leaves the one
   before it), so rerunning the same command resumes.
 
-Nothing is timed until :meth:`Watchdog.arm`, which the loop calls once it has fetched its first metrics:
-the first steps compile (seconds to minutes), and with several processes each one's first steps also wait
-for the slowest one's compilation. Every later phase is timed, the first sample grid's and the first save's
-included (they compile or set up little). ``timeout_s`` 0 turns the watchdog off.
+Until :meth:`Watchdog.arm`, which the loop calls once it has fetched its first metrics, a phase may last
+``max(timeout_s, first_steps_s)`` (:data:`FIRST_STEPS_S`, 30 minutes, by default): the first steps compile
+(seconds to minutes), and with several processes each one's first steps also wait for the slowest one's
+compilation; a run that hangs in them (a collective of the first steps that never completes: seen once in
+a 3-process CPU job, two processes at step 10 and one inside step 2) still ends. Every later phase is timed
+at ``timeout_s``, the first sample grid's and the first save's included (they compile or set up little).
+``timeout_s`` 0 turns the watchdog off.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import jax
 from jaxgan import peer_failure
 
 STATUS = 1
+FIRST_STEPS_S = 1800.0  # the least a phase of the first steps (before arm(): compilation) may last
 
 
 class Watchdog:
@@ -42,8 +46,9 @@ class Watchdog:
     so a beat costs an assignment).
     """
 
-    def __init__(self, timeout_s: float, workdir: str | pathlib.Path) -> None:
+    def __init__(self, timeout_s: float, workdir: str | pathlib.Path, first_steps_s: float = FIRST_STEPS_S) -> None:
         self.timeout_s = float(timeout_s)
+        self.first_steps_s = max(self.timeout_s, float(first_steps_s))  # the limit until arm()
         self._stack_file = pathlib.Path(workdir) / f"stall_process{jax.process_index()}.txt"
         self._phase: tuple[str, int, float] = ("starting", 0, time.monotonic())
         self._armed = False
@@ -73,10 +78,11 @@ class Watchdog:
         while not self._stop.wait(interval):
             what, step, since = self._phase
             seconds = time.monotonic() - since
-            if self._armed and seconds >= self.timeout_s and not self._stop.is_set():
-                self._end(what.format(step=step), seconds)
+            limit = self.timeout_s if self._armed else self.first_steps_s
+            if seconds >= limit and not self._stop.is_set():
+                self._end(what.format(step=step), seconds, limit)
 
-    def _end(self, what: str, seconds: float) -> None:
+    def _end(self, what: str, seconds: float, limit: float) -> None:
         """Write the stacks, say why, tell the other processes, end this one."""
         try:
             with open(self._stack_file, "w") as f:
@@ -88,9 +94,12 @@ class Watchdog:
             where = f"(Could not write the threads' stacks to {self._stack_file}: {e}.)"
         me = jax.process_index()
         of = f" on process {me}" if jax.process_count() > 1 else ""
-        line = (f"\nerror: no progress for {seconds:.0f} s{of} while {what} (--config.stall_timeout_s="
-                f"{self.timeout_s:g}): a hung device, collective or file system? {where} The checkpoints written so "
-                "far are kept: rerun the same command to resume from the newest.\n")  # fmt: skip
+        limit_is = f"--config.stall_timeout_s={self.timeout_s:g}"
+        if limit != self.timeout_s:
+            limit_is += f"; {limit:g} s in the first steps, which compile"
+        line = (f"\nerror: no progress for {seconds:.0f} s{of} while {what} ({limit_is}): a hung device, collective "
+                f"or file system? {where} The checkpoints written so far are kept: rerun the same command to resume "
+                "from the newest.\n")  # fmt: skip
         os.write(2, line.encode())  # (no lock that the stuck main thread may hold)
         peer_failure.announce(f"no progress for {seconds:.0f} s while {what}")
         peer_failure.exit_now(STATUS, flush=False)  # (not Python's streams: the main thread may hold their locks)

@@ -42,6 +42,24 @@ def test_a_phase_past_the_limit_ends_the_process_with_the_stacks(tmp_path, ended
     assert "_stuck_here" in stacks and "test_a_phase_past_the_limit" in stacks  # where the main thread waited
 
 
+def test_a_hang_in_the_first_steps_ends_after_the_longer_first_limit(tmp_path, ended, capfd):
+    # Before arm() (the first steps compile) a phase may last first_steps_s, not for ever: a 3-process CPU job once
+    # hung there (two processes at step 10, one inside step 2), where nothing was timed.
+    with stall.Watchdog(0.2, tmp_path, first_steps_s=1.0) as watchdog:
+        watchdog.beat("dispatching step {step}", 1)
+        _stuck_here(0.6)  # past timeout_s, within first_steps_s: compiling
+        watchdog.beat("dispatching step {step}", 2)
+        with pytest.raises(queue.Empty):
+            ended.get(timeout=0.3)
+        _stuck_here(1.2)
+    assert ended.get(timeout=1) == stall.STATUS
+    err = capfd.readouterr().err
+    assert ("error: no progress for 1 s while dispatching step 2 (--config.stall_timeout_s=0.2; 1 s in the first "
+            "steps, which compile)") in err, err  # fmt: skip
+    assert stall.Watchdog(3600, tmp_path).first_steps_s == 3600  # never shorter than timeout_s
+    assert stall.Watchdog(60, tmp_path).first_steps_s == stall.FIRST_STEPS_S
+
+
 def test_phases_that_keep_moving_and_timeout_0_never_end_it(tmp_path, ended):
     with stall.Watchdog(0.5, tmp_path) as watchdog:
         watchdog.arm()
