@@ -74,6 +74,19 @@ def test_soak_growth_is_measured_after_warm_up():
     assert g["fds_end"] - g["fds_start"] == 0
 
 
+def test_peer_faults_tells_our_line_from_a_native_abort():
+    from benchmarks import peer_faults
+
+    ours = "step 30\n\nerror: process(es) [1] fell silent for 10 s (frozen, ...); process 0 cannot go on\n"
+    assert peer_faults.survivor_report(ours, 1, 10.04, victim=1) == {
+        "exit": 1, "seconds": 10.0, "our_line": ours.splitlines()[2], "native": False}  # fmt: skip
+    jax_abort = "F1203 client.h:80] Terminating process because the JAX distributed service detected fatal errors\n"
+    report = peer_faults.survivor_report(jax_abort + "Fatal Python error: Aborted\n", -6, 13.7, victim=1)
+    assert report["our_line"] is None and report["native"] and report["exit"] == -6
+    other = peer_faults.survivor_report("error: process(es) [2] ended without a word\n", None, None, victim=1)
+    assert other == {"exit": None, "seconds": None, "our_line": None, "native": False}  # names another process
+
+
 def test_translate_large_runs_the_cli_tiled_both_ways_and_whole(capsys):
     from benchmarks import translate_large
 
