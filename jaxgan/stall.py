@@ -86,7 +86,7 @@ class Watchdog:
         """Write the stacks, say why, tell the other processes, end this one."""
         try:
             with open(self._stack_file, "w") as f:
-                f.write(f"jaxgan: no progress for {seconds:.0f} s while {what}. Every thread's stack:\n\n")
+                f.write(f"jaxgan: no progress for {seconds:.1f} s while {what}. Every thread's stack:\n\n")
                 f.flush()
                 faulthandler.dump_traceback(f, all_threads=True)
             where = f"Every thread's stack is in {self._stack_file}."
@@ -97,9 +97,10 @@ class Watchdog:
         limit_is = f"--config.stall_timeout_s={self.timeout_s:g}"
         if limit != self.timeout_s:
             limit_is += f"; {limit:g} s in the first steps, which compile"
-        line = (f"\nerror: no progress for {seconds:.0f} s{of} while {what} ({limit_is}): a hung device, collective "
+        # The limit, not the seconds measured (up to a check interval more): the same words on every process and run.
+        line = (f"\nerror: no progress for {limit:g} s{of} while {what} ({limit_is}): a hung device, collective "
                 f"or file system? {where} The checkpoints written so far are kept: rerun the same command to resume "
                 "from the newest.\n")  # fmt: skip
         os.write(2, line.encode())  # (no lock that the stuck main thread may hold)
-        peer_failure.announce(f"no progress for {seconds:.0f} s while {what}")
+        peer_failure.announce(f"no progress for {limit:g} s while {what}")
         peer_failure.exit_now(STATUS, flush=False)  # (not Python's streams: the main thread may hold their locks)
