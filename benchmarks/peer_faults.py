@@ -1,7 +1,7 @@
 r"""A process of a multi-process run killed or frozen: how long the others take to end, and how.
 
     python -m benchmarks.peer_faults                                    # kill -9 of process 1 of 2
-    python -m benchmarks.peer_faults --processes 3 --victim 0 --signal STOP --peer_timeout 20
+    python -m benchmarks.peer_faults --processes 3 --victim 0 --signal STOP --peer_timeout 20 --peer_beats
     python -m benchmarks.peer_faults --signal STOP --repeat 3           # the default --peer_timeout (100)
 
 Starts the training command (the tiny config, 2 CPU devices per process, a checkpoint every 10 steps) as
@@ -58,7 +58,7 @@ def run_once(args: argparse.Namespace) -> dict:
            f"--workdir={workdir}", f"--config.batch_size={2 * n}", "--config.num_train_steps=100000",
            "--config.log_every_steps=10", "--config.checkpoint_every_steps=10", "--config.sample_every_steps=0",
            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
-           f"--peer_timeout={args.peer_timeout}"]  # fmt: skip
+           f"--peer_timeout={args.peer_timeout}", "--peer_beats" if args.peer_beats else "--nopeer_beats"]  # fmt: skip
     procs = [subprocess.Popen([*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(n)]  # fmt: skip
     outputs: list[list[str]] = [[] for _ in range(n)]
@@ -92,7 +92,7 @@ def run_once(args: argparse.Namespace) -> dict:
     report = {i: survivor_report("".join(outputs[i]), procs[i].returncode if i in ended else None, ended.get(i),
                                  args.victim) for i in survivors}  # fmt: skip
     return {"processes": n, "victim": args.victim, "signal": args.signal, "at_step": args.at_step,
-            "peer_timeout": args.peer_timeout, "survivors": report}  # fmt: skip
+            "peer_timeout": args.peer_timeout, "peer_beats": args.peer_beats, "survivors": report}  # fmt: skip
 
 
 def main() -> None:
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--signal", choices=("KILL", "STOP"), default="KILL")
     parser.add_argument("--at-step", type=int, default=30, help="signal once process 0 logged this step")
     parser.add_argument("--peer_timeout", type=int, default=100, help="the training command's --peer_timeout")
+    parser.add_argument("--peer_beats", action="store_true", help="the training command's --peer_beats")
     parser.add_argument("--wait-s", type=float, default=600.0, help="give up on a process after this long")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()

@@ -49,9 +49,12 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.DEFINE_integer("distributed_timeout", 300,  # parallel.JOIN_TIMEOUT_S (jaxgan is imported after the flags)
                      "Seconds a multi-process run waits for all its processes to join.")  # fmt: skip
 flags.DEFINE_integer("peer_timeout", 100,  # parallel.PEER_TIMEOUT_S
-                     "Multi-process runs: seconds without JAX's heartbeat from a process before JAX ends every "
-                     "process; jaxgan ends them with one line after half of it without a beat on its own link "
-                     "(a frozen process, a lost host). The checkpoints stay.")  # fmt: skip
+                     "Multi-process runs: seconds without JAX's heartbeat from a process (killed, a lost host) "
+                     "before every process is ended; the checkpoints stay.")  # fmt: skip
+flags.DEFINE_bool("peer_beats", False,
+                  "Multi-process runs, experimental: beats on jaxgan's liveness link, so that a process silent for "
+                  "half of --peer_timeout (frozen, a lost host) ends the job with one line before JAX's heartbeat "
+                  "aborts it. Off by default: jobs with it hung in their first steps (README).")  # fmt: skip
 flags.DEFINE_bool(
     "reuse_cpu_memory", True,
     "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "
@@ -120,9 +123,9 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("jaxgan").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
-        # Several processes: one that fails stops the others at once; one silent for half of --peer_timeout too
-        # (before JAX's heartbeat aborts them all with native stack traces).
-        with peer_failure.Watch(silence_s=FLAGS.peer_timeout / 2):
+        # Several processes: one that fails stops the others at once; with --peer_beats, one silent for half of
+        # --peer_timeout too (before JAX's heartbeat aborts them all with native stack traces).
+        with peer_failure.Watch(silence_s=FLAGS.peer_timeout / 2 if FLAGS.peer_beats else None):
             if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply
                 overrides = config_flags.get_override_values(FLAGS["config"])
                 results.results_only(results.config_of_run(workdir, config, overrides), workdir)
