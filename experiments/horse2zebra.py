@@ -54,7 +54,7 @@ flags.DEFINE_integer("peer_timeout", 100,  # parallel.PEER_TIMEOUT_S
 flags.DEFINE_bool("peer_beats", False,
                   "Multi-process runs, experimental: beats on jaxgan's liveness link, so that a process silent for "
                   "half of --peer_timeout (frozen, a lost host) ends the job with one line before JAX's heartbeat "
-                  "aborts it. Off by default: jobs with it hung in their first steps (README).")  # fmt: skip
+                  "aborts it. Off until first-step hangs seen with it are explained (README).")  # fmt: skip
 flags.DEFINE_bool(
     "reuse_cpu_memory", True,
     "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "
