@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,13 +19,9 @@ import time
 
 from PIL import Image
 
+from benchmarks import common
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_url(proc: subprocess.Popen, timeout_s: float) -> str:
@@ -55,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     source = ["--workdir", args.workdir] if args.workdir else ["--checkpoint", args.checkpoint]
-    cmd = [sys.executable, "-m", "jaxgan.app", *source, "--port", str(_free_port())]
+    cmd = [sys.executable, "-m", "jaxgan.app", *source, "--port", str(common.free_port())]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = _wait_for_url(proc, 300)

@@ -10,6 +10,7 @@ import concurrent.futures
 import os
 import platform
 import resource
+import socket
 import statistics
 import sys
 import time
@@ -37,6 +38,13 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12 / 2},
     "TPU v6e": {"bfloat16": 918e12, "float32": 918e12 / 2},
 }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a child's server or coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:

@@ -19,12 +19,13 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from benchmarks import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NATIVE = ("Check failure", "Fatal Python error", "Terminating process because")
@@ -42,16 +43,10 @@ def survivor_report(output: str, returncode: int | None, seconds: float | None, 
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_once(args: argparse.Namespace) -> dict:
     """One job: start it, signal the victim at ``args.at_step``, wait for the others (at most ``args.wait_s``)."""
     workdir = tempfile.mkdtemp(prefix="jaxgan-peer-faults-")
-    n, port = args.processes, _free_port()
+    n, port = args.processes, common.free_port()
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
