@@ -12,9 +12,10 @@ import platform
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def local_job(workdirs: Sequence[str | os.PathLike], *flags: str, per_process: Sequence[Sequence[str]] | None = None,
+              env: Sequence[dict[str, str]] | None = None, launch: Sequence[str] = ("-m", "experiments.horse2zebra"),
+              ) -> list[subprocess.Popen]:  # fmt: skip
+    """The training command with the tiny config (global batch 2 per process) as processes 0 .. n-1 of one job on
+    this machine, one per ``workdirs[i]``, each on 2 CPU devices, with a fresh coordinator port.
+
+    ``flags`` go to every process, ``per_process[i]`` and ``env[i]`` to process i alone; ``launch`` replaces
+    ``-m experiments.horse2zebra`` (e.g. ``-c CODE`` that patches something, then runs it). The processes inherit
+    this one's environment and ``XLA_FLAGS``. Returns their ``Popen``s, stdout and stderr merged into one text pipe.
+    (The multi-process tests and ``benchmarks.peer_faults``.)
+    """
+    n = len(workdirs)
+    per_process, env = per_process or [()] * n, env or [{}] * n
+    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+    base_env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, *launch, "--config=experiments/configs/horse2zebra.py:tiny", f"--config.batch_size={2 * n}",
+           "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}",
+           *flags]  # fmt: skip
+    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
+                             env={**base_env, **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(n)]  # fmt: skip
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:

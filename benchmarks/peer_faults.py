@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 from benchmarks import common
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NATIVE = ("Check failure", "Fatal Python error", "Terminating process because")
 
 
@@ -45,17 +40,11 @@ def survivor_report(output: str, returncode: int | None, seconds: float | None, 
 
 def run_once(args: argparse.Namespace) -> dict:
     """One job: start it, signal the victim at ``args.at_step``, wait for the others (at most ``args.wait_s``)."""
-    workdir = tempfile.mkdtemp(prefix="jaxgan-peer-faults-")
-    n, port = args.processes, common.free_port()
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
-    cmd = [sys.executable, "-m", "experiments.horse2zebra", "--config=experiments/configs/horse2zebra.py:tiny",
-           f"--workdir={workdir}", f"--config.batch_size={2 * n}", "--config.num_train_steps=100000",
-           "--config.log_every_steps=10", "--config.checkpoint_every_steps=10", "--config.sample_every_steps=0",
-           f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
-           f"--peer_timeout={args.peer_timeout}", "--peer_beats" if args.peer_beats else "--nopeer_beats"]  # fmt: skip
-    procs = [subprocess.Popen([*cmd, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(n)]  # fmt: skip
+    workdir, n = tempfile.mkdtemp(prefix="jaxgan-peer-faults-"), args.processes
+    beats = "--peer_beats" if args.peer_beats else "--nopeer_beats"
+    procs = common.local_job([workdir] * n, "--config.num_train_steps=100000", "--config.log_every_steps=10",
+                             "--config.checkpoint_every_steps=10", "--config.sample_every_steps=0",
+                             f"--peer_timeout={args.peer_timeout}", beats)  # fmt: skip
     outputs: list[list[str]] = [[] for _ in range(n)]
     reached = threading.Event()
 

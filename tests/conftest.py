@@ -15,8 +15,6 @@ import atexit
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 
@@ -48,6 +46,8 @@ SHARED = ROOT.parent / "shared"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import free_port  # noqa: E402, F401 (the tests' import)
+from benchmarks.common import local_job as training_processes  # noqa: E402, F401 (the tests' import)
 from experiments.configs import horse2zebra  # noqa: E402
 
 
@@ -55,32 +55,6 @@ def cpu_devices_env(devices: int = 1) -> dict[str, str]:
     """This process's environment for a subprocess on ``devices`` CPU devices, with the suite's XLA flags."""
     flags = f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}" if devices > 1 else XLA_FLAGS
     return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (for a test's jax.distributed coordinator)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def training_processes(workdirs, *extra, per_process=None, env=None, launch=("-m", "experiments.horse2zebra")):
-    """The training command (the tiny config, global batch 2 per process) as processes 0 .. n-1 of one job, one
-    per ``workdirs[i]``, 2 CPU devices each.
-
-    ``extra`` flags go to all, ``per_process[i]`` and ``env[i]`` to process i alone; ``launch`` replaces
-    ``-m experiments.horse2zebra`` (``-c CODE`` that runs it). Returns the ``Popen``, stdout and stderr merged.
-    """
-    n = len(workdirs)
-    per_process, env = per_process or [()] * n, env or [{}] * n
-    port = free_port()
-    cmd = [sys.executable, *launch, "--config=experiments/configs/horse2zebra.py:tiny", f"--config.batch_size={2 * n}",
-           "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
-           *extra]  # fmt: skip
-    return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
-                             env={**cpu_devices_env(2), **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-            for i in range(n)]  # fmt: skip
 
 
 def tiny_config(**overrides):

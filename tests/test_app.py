@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from PIL import Image
 
 from jaxgan import app, generator_checkpoint, generator_loading, image_io, translate
@@ -230,12 +230,6 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(cmd: list[str]) -> tuple[subprocess.Popen, list[str], threading.Event]:
     """A subprocess whose output lines are collected by a thread; the event is set at the app's URL line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -272,7 +266,7 @@ def test_page_translates_uploads_exactly_as_the_translate_command(tmp_path, tiny
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
 
-    port = _free_port()
+    port = free_port()
     server, log, ready = _start([sys.executable, "-m", "jaxgan.app", "--workdir", str(tiny_run), "--port", str(port),
                                  "--examples", str(examples)])  # fmt: skip
     cli = [_translate_cli(tiny_run, "AtoB", wide, tmp_path / "cli_ab"),
