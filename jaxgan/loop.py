@@ -157,6 +157,7 @@ def _train_and_evaluate(
     profile = parse_profile_steps(config.get("profile_steps", ""))
     mesh = parallel.mesh_from_config(config)
     parallel.check_batch_size(int(config.batch_size), mesh)
+    parallel.connect_collectives(mesh)  # several CPU processes: now, while they are together
     stream = peers.together(  # a process whose share of the data is unreadable stops all of them
         lambda: input_pipeline.create_train_stream(
             config, process_index=jax.process_index(), process_count=jax.process_count()

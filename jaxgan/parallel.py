@@ -147,6 +147,46 @@ def make_mesh(
     return jax.make_mesh(tuple(shape), tuple(mesh_axes), axis_types=auto, devices=devices)
 
 
+GLOO_CONNECT_S = 30  # XLA:CPU's Gloo: how long a device group's first collective waits for every process (fixed)
+
+
+def connect_collectives(mesh: Mesh) -> None:
+    """Connect the CPU collectives of ``mesh``'s device groups now, while every process is here.
+
+    On CPU, XLA's Gloo collectives connect a group of devices at the group's first collective, and that
+    connection waits at most :data:`GLOO_CONNECT_S` for the other processes (fixed inside XLA). The train
+    step's first collective comes after its compilation, which can end minutes apart on a loaded or slower
+    host: with process 1 of 2 reaching its first step 35 s late, both failed there with "Gloo context
+    initialization failed" (DEADLINE_EXCEEDED, or Connect timeout) and a traceback (jax 0.10.2 and 0.11.2).
+    Once connected, a group's collectives wait for a late process as long as it takes (100 s measured).
+
+    So every process calls this right after a point where all of them are together (``peers.check``): one
+    all-reduce over every device and one over each axis of a mesh of several, the groups that the step's
+    gradient and metric reductions use. Its result is checked. Does nothing with one process, or off CPU (NCCL
+    and TPU collectives are not Gloo). Raises :class:`ParallelError` when the processes cannot connect.
+    """
+    if jax.process_count() == 1 or mesh.devices.flat[0].platform != "cpu":
+        return
+    names = tuple(mesh.axis_names)
+    groups = [names, *((a,) for a in names)] if len(names) > 1 else [names]
+    spec = P(names)  # one element per device
+    sums = jax.jit(jax.shard_map(lambda x: tuple(jax.lax.psum(x, g) for g in groups), mesh=mesh, in_specs=spec,
+                                 out_specs=(spec,) * len(groups)))  # fmt: skip
+    ones = jax.make_array_from_callback((mesh.devices.size,), NamedSharding(mesh, spec),
+                                        lambda index: np.ones(mesh.devices.size, np.float32)[index])  # fmt: skip
+    try:
+        got = [float(np.asarray(out.addressable_data(0))[0]) for out in sums(ones)]
+    except jax.errors.JaxRuntimeError as e:
+        raise ParallelError(
+            f"process {jax.process_index()}: the processes could not connect their CPU collectives (Gloo) within "
+            f"{GLOO_CONNECT_S} s ({str(e).splitlines()[0][:300]}). Gloo connects the hosts directly, on ports of "
+            "its own: check that they can reach each other on any TCP port (no firewall between them)."
+        ) from None
+    want = [float(np.prod([mesh.shape[a] for a in g])) for g in groups]
+    if got != want:
+        raise ParallelError(f"the CPU collectives' first sums over the mesh's devices gave {got}, not {want}.")
+
+
 def mesh_from_config(config: Any) -> Mesh:
     return make_mesh(tuple(config.get("mesh_shape", (-1,))), tuple(config.get("mesh_axes", (DATA_AXIS,))))
 

@@ -194,6 +194,29 @@ def test_partition_rules_that_cannot_apply_are_named(caplog):
         parallel.make_mesh((1, 1), ("data", "data"))  # it used to crash the process in the first compile
 
 
+def test_connecting_the_collectives_checks_their_sums_and_names_a_failure(monkeypatch):
+    # One CPU device here; two processes pretended: the sums run (one device: each is 1) and are checked.
+    import jax
+
+    from jaxgan import parallel
+
+    mesh = parallel.make_mesh()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    parallel.connect_collectives(mesh)
+
+    def failing(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo context initialization failed: Connect timeout\nmore")
+
+    monkeypatch.setattr(jax, "shard_map", lambda *a, **k: failing)
+    with pytest.raises(parallel.ParallelError) as e:
+        parallel.connect_collectives(mesh)
+    assert "could not connect their CPU collectives (Gloo) within 30 s (UNKNOWN: Gloo context initialization " \
+           "failed: Connect timeout). Gloo connects the hosts directly" in str(e.value)  # fmt: skip
+    monkeypatch.setattr(jax, "shard_map", lambda *a, **k: lambda x: (x * 0,))
+    with pytest.raises(parallel.ParallelError, match=r"gave \[0.0\], not \[1.0\]"):
+        parallel.connect_collectives(mesh)
+
+
 def test_a_process_id_alone_is_refused():
     from jaxgan import parallel
 

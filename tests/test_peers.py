@@ -245,6 +245,36 @@ multihost.get_barrier_sync_fn = barrier_fn
 """
 
 
+# Process 1 reaches its first train step 35 s after process 0 (a slower or loaded host compiles longer).
+_LATE_TO_THE_FIRST_STEP = """
+from jaxgan import parallel
+make_train_step = parallel.make_train_step
+def late(*args, **kwargs):
+    step, calls = make_train_step(*args, **kwargs), []
+    def stepping(*a, **k):
+        if not calls and "--process_id=1" in sys.argv:
+            print("process 1: 35 s late to its first step", flush=True)
+            time.sleep(35)
+        calls.append(1)
+        return step(*a, **k)
+    return stepping
+parallel.make_train_step = late
+"""
+
+
+def test_a_process_late_to_the_first_step_by_more_than_30_s_is_waited_for(tmp_path):
+    # XLA's Gloo connected the step's device group at its first collective and waited 30 s at most for the
+    # others: both processes failed there with "Gloo context initialization failed" (DEADLINE_EXCEEDED on one,
+    # Connect timeout on the other) and a traceback. The runner now connects the group at the start, where the
+    # processes are together (parallel.connect_collectives), and a connected group waits as long as it takes.
+    procs = training_processes([tmp_path] * 2, "--config.num_train_steps=2", "--config.sample_every_steps=0",
+                               launch=_patched(_LATE_TO_THE_FIRST_STEP))  # fmt: skip
+    outs = _finish(procs, timeout=400)
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "35 s late to its first step" in outs[1] and "Gloo" not in outs[0].replace("[Gloo] Rank", ""), outs
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
 def test_a_process_killed_in_a_save_stops_the_others_at_once(tmp_path):
     # Processes 0 and 2 waited in the barrier until JAX's heartbeat took process 1 as dead (--peer_timeout, 100 s
     # here), then aborted with native stack traces. Now process 0 sees process 1's liveness connection close and
