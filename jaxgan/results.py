@@ -256,6 +256,7 @@ def results_only(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     config = ml_collections.ConfigDict(config.to_dict())
     config.steps_per_epoch = int(saved.get("steps_per_epoch", config.steps_per_epoch))
     mesh = parallel.mesh_from_config(config)
+    parallel.connect_collectives(mesh)  # several CPU processes: now, while they are together
     _, _, target = parallel.state_layout(config, mesh)
     # No clean-up of temporary folders: a run may be saving beside this reader.
     ckpt = checkpoint.Checkpointer(workdir, keep=int(config.keep_checkpoints), cleanup=False)

@@ -105,7 +105,7 @@ LONG_FILES = {
     "test_train.py": 229,
     "test_runner.py": 177,
     "test_conv_forms.py": 98,
-    "test_peers.py": 335,  # 2026-12-03: ~245 s; +30 s (a kill test of three processes), +60 s (process 0 killed)
+    "test_peers.py": 410,  # 2026-12-03: ~245 s; +30 (a kill of three processes), +60 (process 0), +75 (a late one)
     "test_stall.py": 92,  # 2026-12-03, new
     "test_export.py": 70,
     "test_benchmarks.py": 48,
