@@ -1,8 +1,8 @@
 r"""A process of a multi-process run killed or frozen: how long the others take to end, and how.
 
     python -m benchmarks.peer_faults                                    # kill -9 of process 1 of 2
-    python -m benchmarks.peer_faults --processes 3 --victim 0 --signal STOP --peer_timeout 20 --peer_beats
-    python -m benchmarks.peer_faults --signal STOP --repeat 3           # the default --peer_timeout (100)
+    python -m benchmarks.peer_faults --processes 3 --victim 0 --signal STOP --peer_timeout 20
+    python -m benchmarks.peer_faults --signal STOP --no-peer_beats      # JAX's heartbeat alone (--peer_timeout 100)
 
 Starts the training command (the tiny config, 2 CPU devices per process, a checkpoint every 10 steps) as
 ``--processes`` processes of one job on this machine, sends ``--signal`` to process ``--victim`` once
@@ -86,7 +86,12 @@ def main() -> None:
     parser.add_argument("--signal", choices=("KILL", "STOP"), default="KILL")
     parser.add_argument("--at-step", type=int, default=30, help="signal once process 0 logged this step")
     parser.add_argument("--peer_timeout", type=int, default=100, help="the training command's --peer_timeout")
-    parser.add_argument("--peer_beats", action="store_true", help="the training command's --peer_beats")
+    parser.add_argument(
+        "--peer_beats",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the training command's --peer_beats (its default) or --nopeer_beats",
+    )
     parser.add_argument("--wait-s", type=float, default=600.0, help="give up on a process after this long")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()

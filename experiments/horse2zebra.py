@@ -51,10 +51,10 @@ flags.DEFINE_integer("distributed_timeout", 300,  # parallel.JOIN_TIMEOUT_S (jax
 flags.DEFINE_integer("peer_timeout", 100,  # parallel.PEER_TIMEOUT_S
                      "Multi-process runs: seconds without JAX's heartbeat from a process (killed, a lost host) "
                      "before every process is ended; the checkpoints stay.")  # fmt: skip
-flags.DEFINE_bool("peer_beats", False,
-                  "Multi-process runs, experimental: beats on jaxgan's liveness link, so that a process silent for "
-                  "half of --peer_timeout (frozen, a lost host) ends the job with one line before JAX's heartbeat "
-                  "aborts it. Off until first-step hangs seen with it are explained (README).")  # fmt: skip
+flags.DEFINE_bool("peer_beats", True,
+                  "Multi-process runs: beats on jaxgan's liveness link, so that a process silent for half of "
+                  "--peer_timeout (frozen, a lost host) ends the job with one line before JAX's heartbeat aborts it "
+                  "with a native stack trace; --nopeer_beats leaves it to JAX's heartbeat.")  # fmt: skip
 flags.DEFINE_bool(
     "reuse_cpu_memory", True,
     "CPU-only machines: keep each step's temporaries mapped for the next step (jaxgan.cpu_memory); "
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("jaxgan").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
-        # Several processes: one that fails stops the others at once; with --peer_beats, one silent for half of
+        # Several processes: one that fails stops the others at once; unless --nopeer_beats, one silent for half of
         # --peer_timeout too (before JAX's heartbeat aborts them all with native stack traces).
         with peer_failure.Watch(silence_s=FLAGS.peer_timeout / 2 if FLAGS.peer_beats else None):
             if FLAGS.mode == "results":  # the run's own config; --config.FIELD overrides still apply

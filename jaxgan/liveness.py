@@ -14,10 +14,8 @@ and JAX then aborts the others within a second: the link's line comes first, and
 A frozen process (stopped, or stuck in the kernel) or a lost host (powered off, a cut network) closes
 nothing. So both ends also send a one-byte beat every ``beat_s`` (a fifth of ``silence_s``, at most 1 s),
 and an end that hears nothing for ``silence_s`` takes the other as lost. The training command sets
-``silence_s`` to half of ``--peer_timeout`` with ``--peer_beats`` (off by default: CPU jobs with beats hung
-in their first steps 3 times in about 40 runs; one without them failed at its first Gloo collective under
-the same load, so the cause is not known), so that this comes before JAX's heartbeat ends the job with a
-native stack trace. After either end's goodbye, silence means
+``silence_s`` to half of ``--peer_timeout`` (``--nopeer_beats``: None, no beats), so that this comes
+before JAX's heartbeat ends the job with a native stack trace. After either end's goodbye, silence means
 nothing.
 
 Where the link cannot be made (a firewall between hosts), a warning says so and training goes on.

@@ -61,7 +61,8 @@ def initialize_distributed(
     not all joined within ``timeout_s`` seconds exits with status 2 and one
     error line (see :func:`_join`). A process that stops sending JAX's heartbeats for ``peer_timeout_s``
     seconds (killed, a lost host) is taken as dead and JAX ends every process; the training command's
-    ``peer_failure.Watch`` ends them earlier, with one line, under ``--peer_beats`` (see ``jaxgan.liveness``).
+    ``peer_failure.Watch`` ends them earlier, with one line (a lost host: unless ``--nopeer_beats``; see
+    ``jaxgan.liveness``).
     """
     if timeout_s < 1:
         raise ParallelError(f"--distributed_timeout must be at least 1 second, got {timeout_s}.")

@@ -30,8 +30,8 @@ with a native stack trace). A peer whose step fails first (on CPU, Gloo often ra
 once) waits at most ``PEER_WAIT_S`` for the others' ``left`` keys; when its error is one of JAX's runtime,
 it names the processes that never wrote one and ends with :class:`PeerLostError` (an error of its own is
 reported as it is). A frozen process or a lost host keeps its connection open but stops beating on it:
-with :class:`Watch`'s ``silence_s`` (the training command with ``--peer_beats``: half of ``--peer_timeout``;
-without it, JAX's heartbeat ends the job with its native stack trace), the same happens
+with :class:`Watch`'s ``silence_s`` (the training command: half of ``--peer_timeout``; with
+``--nopeer_beats``, JAX's heartbeat ends the job with its native stack trace), the same happens
 after that many seconds of silence, before JAX's heartbeat would abort the job with a native stack trace.
 
 Of a Watch's threads, one ends a process: the first of its main thread (leaving the Watch), its watcher and

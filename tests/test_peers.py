@@ -294,11 +294,32 @@ def test_a_process_killed_in_a_save_stops_the_others_at_once(tmp_path):
     assert 20 in _checkpoint_steps(tmp_path)  # the checkpoints written before the kill stay
 
 
-def test_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
-    # Process 1 stops (SIGSTOP, as a hung host): its sockets stay open, so process 0 waits in the step's collective
-    # until JAX's heartbeat takes process 1 as dead, after --peer_timeout (JAX's default 100 s) instead of 10 s. (With
-    # --peer_beats, jaxgan's own line would come first: tests/test_liveness.py; off by default, see the README.)
-    procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=10")
+def test_a_frozen_process_ends_the_job_with_one_line_before_the_heartbeat(tmp_path):
+    # Process 1 stops (SIGSTOP, as a hung or lost host): its sockets stay open, so process 0 waited in the step's
+    # collective until JAX's heartbeat took process 1 as dead after --peer_timeout (20 s here: ~17 s, then JAX's
+    # "stopped sending heartbeats" and a native stack trace). Its beats on the liveness link stop too: after half
+    # of --peer_timeout process 0 takes it as lost and ends with the line (as it tells any other process:
+    # test_a_process_killed_in_a_save_stops_the_others_at_once).
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=20")
+    out, seconds = _stop_at_step_10(procs)
+    assert procs[0].returncode == 1, out
+    assert "error: process(es) [1] fell silent for 10 s (frozen, or its host or the network lost?); process 0 " \
+           "cannot go on without it and stops too. Rerun the same command on every process" in out, out  # fmt: skip
+    assert "stopped sending heartbeats" not in out and "Check failure" not in out, out
+    assert 9 < seconds < 16, (seconds, out)  # 10-12 s here; ~17 s and a native abort before
+
+
+def test_without_beats_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
+    # --nopeer_beats: JAX's heartbeat takes the stopped process as dead after --peer_timeout (10 s here, instead
+    # of JAX's default 100 s) and aborts the job with "stopped sending heartbeats" and a native stack trace.
+    procs = training_processes([tmp_path] * 2, *_LONG_RUN, "--peer_timeout=10", "--nopeer_beats")
+    out, seconds = _stop_at_step_10(procs)
+    assert procs[0].returncode != 0 and "stopped sending heartbeats" in out, out
+    assert seconds < 60, (seconds, out)  # 5-15 s here; 100 s with JAX's default
+
+
+def _stop_at_step_10(procs) -> tuple[str, float]:
+    """SIGSTOP process 1 once process 0 has logged step 10; process 0's output after that, and its seconds."""
     _read_until(procs[0], "step 10 ")
     procs[1].send_signal(signal.SIGSTOP)
     t = time.monotonic()
@@ -307,9 +328,7 @@ def test_a_frozen_process_ends_the_job_after_peer_timeout(tmp_path):
     finally:
         procs[1].kill()
         _finish(procs)
-    seconds = time.monotonic() - t
-    assert procs[0].returncode != 0 and "stopped sending heartbeats" in out, out
-    assert seconds < 60, (seconds, out)  # 5-15 s here; 100 s with JAX's default
+    return out, time.monotonic() - t
 
 
 def test_process_0_killed_ends_the_others_with_one_line(tmp_path):
