@@ -87,6 +87,19 @@ def test_peer_faults_tells_our_line_from_a_native_abort():
     assert other == {"exit": None, "seconds": None, "our_line": None, "native": False}  # names another process
 
 
+def test_healthy_jobs_counts_each_setting():
+    from benchmarks import healthy_jobs
+
+    assert [healthy_jobs.outcome(e) for e in ([0, 0], [1, 1], [0, None], [None, 1])] == ["ok", "failed", "hang", "hang"]
+    rows = [{"peer_beats": b, "outcome": o, "seconds": s}
+            for b, o, s in ((True, "ok", 40.7), (False, "ok", 38.5), (True, "hang", 300.2), (False, "failed", 52.0),
+                            (True, "ok", 58.3))]  # fmt: skip
+    assert healthy_jobs.counts(rows) == [
+        {"peer_beats": True, "jobs": 3, "ok": 2, "failed": 0, "hang": 1, "seconds": [40.7, 300.2]},
+        {"peer_beats": False, "jobs": 2, "ok": 1, "failed": 1, "hang": 0, "seconds": [38.5, 52.0]},
+    ]
+
+
 def test_translate_large_runs_the_cli_tiled_both_ways_and_whole(capsys):
     from benchmarks import translate_large
 
