@@ -51,26 +51,33 @@ def free_port() -> int:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_devices_env(devices: int = 1) -> dict[str, str]:
+    """This process's environment for a subprocess on ``devices`` CPU devices, with this process's ``XLA_FLAGS``."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if devices > 1:
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+
+
 def local_job(workdirs: Sequence[str | os.PathLike], *flags: str, per_process: Sequence[Sequence[str]] | None = None,
               env: Sequence[dict[str, str]] | None = None, launch: Sequence[str] = ("-m", "experiments.horse2zebra"),
-              ) -> list[subprocess.Popen]:  # fmt: skip
+              stdout: Any = subprocess.PIPE) -> list[subprocess.Popen]:  # fmt: skip
     """The training command with the tiny config (global batch 2 per process) as processes 0 .. n-1 of one job on
     this machine, one per ``workdirs[i]``, each on 2 CPU devices, with a fresh coordinator port.
 
     ``flags`` go to every process, ``per_process[i]`` and ``env[i]`` to process i alone; ``launch`` replaces
     ``-m experiments.horse2zebra`` (e.g. ``-c CODE`` that patches something, then runs it). The processes inherit
-    this one's environment and ``XLA_FLAGS``. Returns their ``Popen``s, stdout and stderr merged into one text pipe.
-    (The multi-process tests and ``benchmarks.peer_faults``.)
+    this one's environment and ``XLA_FLAGS``. Returns their ``Popen``s, stdout and stderr merged into one text pipe
+    each, or into ``stdout`` (a file) for all. (The multi-process tests, ``peer_faults`` and ``healthy_jobs``.)
     """
     n = len(workdirs)
     per_process, env = per_process or [()] * n, env or [{}] * n
-    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
-    base_env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+    base_env = cpu_devices_env(2)
     cmd = [sys.executable, *launch, "--config=experiments/configs/horse2zebra.py:tiny", f"--config.batch_size={2 * n}",
            "--config.results_max_images=2", f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}",
            *flags]  # fmt: skip
     return [subprocess.Popen([*cmd, f"--workdir={workdirs[i]}", f"--process_id={i}", *per_process[i]], cwd=ROOT,
-                             env={**base_env, **env[i]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env={**base_env, **env[i]}, stdout=stdout, stderr=subprocess.STDOUT, text=True)
             for i in range(n)]  # fmt: skip
 
 

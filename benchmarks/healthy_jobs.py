@@ -7,13 +7,15 @@ Runs the training command (the tiny config, 2 CPU devices per process, ``--steps
 processes of one job on this machine, ``--repeat`` times with ``--peer_beats`` and as often with
 ``--nopeer_beats``, in turn. A job still running after ``--wait-s`` is a hang: its processes are killed.
 ``--hogs N`` keeps N busy loops running meanwhile (a loaded machine: compilation then ends far apart on the
-processes). Prints one JSON line per job, then one per setting with the counts.
+processes). Prints one JSON line per job (with the path of its processes' output), then one per setting
+with the counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -47,18 +49,19 @@ def run_job(args: argparse.Namespace, beats: bool) -> dict:
     flags = (f"--config.num_train_steps={args.steps}", "--config.log_every_steps=2",
              "--config.checkpoint_every_steps=10", f"--peer_timeout={args.peer_timeout}",
              "--peer_beats" if beats else "--nopeer_beats")  # fmt: skip
-    procs = common.local_job([workdir] * args.processes, *flags)
-    exits: list[int | None] = []
-    for p in procs:
-        try:
-            p.communicate(timeout=max(1.0, args.wait_s - (time.monotonic() - start)))
-            exits.append(p.returncode)
-        except subprocess.TimeoutExpired:
-            exits.append(None)
-    for p in procs:
-        p.kill()
+    # Into a file, not pipes: a pipe that nobody reads while we wait for the other process fills and blocks it.
+    with open(os.path.join(workdir, "job.log"), "w") as log:
+        procs = common.local_job([workdir] * args.processes, *flags, stdout=log)
+        exits: list[int | None] = []
+        for p in procs:
+            try:
+                exits.append(p.wait(timeout=max(1.0, args.wait_s - (time.monotonic() - start))))
+            except subprocess.TimeoutExpired:
+                exits.append(None)
+        for p in procs:
+            p.kill()
     return {"peer_beats": beats, "exits": exits, "outcome": outcome(exits),
-            "seconds": round(time.monotonic() - start, 1), "hogs": args.hogs}  # fmt: skip
+            "seconds": round(time.monotonic() - start, 1), "hogs": args.hogs, "log": log.name}  # fmt: skip
 
 
 def main() -> None:

@@ -39,22 +39,15 @@ if _level not in ("default", "0", "1", "2", "3"):
     raise pytest.UsageError(f"JAXGAN_TEST_XLA_OPT={_level!r}: use 'default' or an XLA:CPU optimisation level 0-3")
 if _level != "default":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level={_level}".strip()
-XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port  # noqa: E402, F401 (the tests' import)
+from benchmarks.common import cpu_devices_env, free_port  # noqa: E402, F401 (the tests' import)
 from benchmarks.common import local_job as training_processes  # noqa: E402, F401 (the tests' import)
 from experiments.configs import horse2zebra  # noqa: E402
-
-
-def cpu_devices_env(devices: int = 1) -> dict[str, str]:
-    """This process's environment for a subprocess on ``devices`` CPU devices, with the suite's XLA flags."""
-    flags = f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}" if devices > 1 else XLA_FLAGS
-    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
 
 
 def tiny_config(**overrides):
