@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cosine_and_ratio, cpu_devices_env, free_port, training_processes
+from conftest import ROOT, cosine_and_ratio, cpu_devices_env, free_port, local_job
 from jax.sharding import PartitionSpec as P
 
 WORKER = str(ROOT / "tests" / "parallel_worker.py")
@@ -227,7 +227,7 @@ def test_a_process_id_alone_is_refused():
 
 def test_experiment_command_runs_as_two_processes(tmp_path):
     # The user-facing command, two processes x 2 CPU devices: training, cooperative checkpoint, process-0 outputs.
-    procs = training_processes([tmp_path] * 2, "--config.num_train_steps=4")
+    procs = local_job([tmp_path] * 2, "--config.num_train_steps=4")  # the default forms, across processes
     outs = [_check(p) for p in procs]
     assert "2 process(es), 4 device(s)" in outs[0]
     assert "Results page" in outs[0] and "Results page" not in outs[1]  # only process 0 logs and writes
