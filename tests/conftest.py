@@ -98,23 +98,24 @@ def h2z_mini() -> pathlib.Path:
     return path
 
 
-# Seconds each of the longest files took (2026-12-02, 2 cores, two xdist workers, level 0, `pytest --durations=60`
-# summed per file: the tests of 5.5 s or more). `make test` runs whole files on each worker (`--dist loadfile`) in
-# collection order, and a worker takes its next file when it has two tests left. Longest first, so that the last
-# files handed out are short ones and both workers end together: in alphabetical order test_train.py (2.4 min)
-# came last and one worker ran it alone for the last 2.2 minutes (15:11 for the suite). Files not listed follow,
-# in alphabetical order (each under 35 s).
+# Seconds each of the longest files took (2026-12-03, 2 cores, two xdist workers, level 0, nothing else running,
+# `pytest --durations=0` summed per file; the whole suite 23:05, the tests' own times 2,732 s, so the workers were
+# idle 1.4 % of the time). `make test` runs whole files on each worker (`--dist loadfile`) in collection order,
+# and a worker takes its next file when it has two tests left. Longest first, so that the last files handed out
+# are short ones and both workers end together: in alphabetical order test_train.py (2.4 min) came last and one
+# worker ran it alone for the last 2.2 minutes (2026-12-02). Files not listed follow, in alphabetical order (each
+# under 40 s).
 LONG_FILES = {
-    "test_parallel.py": 338,
-    "test_device_suite.py": 318,
-    "test_train.py": 229,
-    "test_runner.py": 177,
-    "test_conv_forms.py": 98,
-    "test_peers.py": 410,  # 2026-12-03: ~245 s; +30 (a kill of three processes), +60 (process 0), +75 (a late one)
-    "test_stall.py": 92,  # 2026-12-03, new
-    "test_export.py": 70,
-    "test_benchmarks.py": 48,
-    "test_app.py": 45,
+    "test_peers.py": 586,
+    "test_parallel.py": 437,
+    "test_train.py": 323,
+    "test_device_suite.py": 306,
+    "test_runner.py": 294,
+    "test_conv_forms.py": 203,
+    "test_stall.py": 133,
+    "test_export.py": 86,
+    "test_benchmarks.py": 47,
+    "test_app.py": 46,
     "test_cpu_memory.py": 41,
 }
 
