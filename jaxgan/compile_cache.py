@@ -14,7 +14,7 @@ puts it elsewhere. The folder is bounded: JAX evicts the least recently used ent
 
 In a multi-process job only process 0 writes entries (JAX's rule). On CPU the other processes never read
 them: JAX's key holds the topology's fingerprint, which differs per process there, so they compile at every
-start (measured on jax 0.10.2; the key code is the same in 0.11.2).
+start (measured on jax 0.10.2 and 0.11.2).
 """
 
 from __future__ import annotations
