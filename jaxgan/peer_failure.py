@@ -34,10 +34,11 @@ with :class:`Watch`'s ``silence_s`` (the training command: half of ``--peer_time
 ``--nopeer_beats``, JAX's heartbeat ends the job with its native stack trace), the same happens
 after that many seconds of silence, before JAX's heartbeat would abort the job with a native stack trace.
 
-Of a Watch's threads, one ends a process: the first of its main thread (leaving the Watch), its watcher and
-its liveness link's thread. Two enders outside the Watch call :func:`exit_now` on their own: a second
-Ctrl-C (``jaxgan.preemption``) and the stall watchdog (``jaxgan.stall``); either may race one of those
-threads, and the process then ends with the status of whichever reaches ``os._exit`` first.
+A process has five enders: a Watch's main thread (leaving the Watch), its watcher, its liveness link's
+thread, and outside the Watch a second Ctrl-C (``jaxgan.preemption``) and the stall watchdog
+(``jaxgan.stall``). Each first takes the end with :func:`claim_end`, before it prints its line: the first
+one ends the process, with its line and its status; a later one (a process failing in two ways at once)
+prints nothing and leaves it to the first.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ _watching = False  # inside a Watch: the others write their left/ keys
 _lost: tuple[int, ...] = ()  # processes that ended (or fell silent) without a word: nobody waits for them
 _link: liveness.Monitor | liveness.Link | None = None  # this process's end of the liveness connections
 _LOST = "lost"  # the error of a process that ended or fell silent without a word, in the failed key
+_ender: threading.Thread | None = None  # the thread that is ending this process (see claim_end)
+_ender_lock = threading.Lock()
 
 
 class PeerLostError(RuntimeError):
@@ -157,6 +160,30 @@ def _flush() -> None:
             stream.flush()
 
 
+def claim_end() -> bool:
+    """Take the end of this process for the calling thread: False if another live thread took it first.
+
+    Call it before saying why the process ends; on False, say nothing (the other thread is ending the
+    process with its own line and status). True again for the thread that holds it. A claim dies with its
+    thread, which ends the process unless its exit was replaced (tests), and with :func:`release_end`.
+    """
+    global _ender
+    me = threading.current_thread()
+    with _ender_lock:
+        if _ender is not None and _ender is not me and _ender.is_alive():
+            return False
+        _ender = me
+        return True
+
+
+def release_end() -> None:
+    """Give up the calling thread's claim (a Watch left normally: the process goes on)."""
+    global _ender
+    with _ender_lock:
+        if _ender is threading.current_thread():
+            _ender = None
+
+
 def exit_now(status: int, flush: bool = True) -> NoReturn:
     """End this process with ``status`` at once, skipping JAX's shutdown barrier (several processes).
 
@@ -164,8 +191,10 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
     :data:`LAST_WAIT_S`) until every process has one: a process that ended earlier would break its peers'
     collectives (on CPU, Gloo raises in them at once) before their watchers had printed why. Process 0
     ends last. ``flush=False`` leaves Python's buffered streams alone (for a thread that must not wait for
-    their locks).
+    their locks). A thread that another one beat to :func:`claim_end` waits here for that one's exit.
     """
+    if not claim_end():
+        threading.Event().wait()
     if flush:
         _flush()
     if _link is not None:
@@ -201,7 +230,6 @@ class Watch:
     def __init__(self, silence_s: float | None = None) -> None:
         self._silence_s = silence_s
         self._stopped = threading.Event()
-        self._ending = threading.Lock()  # held by the one thread that ends this process
         self._thread: threading.Thread | None = None
         self._client: Any | None = None
 
@@ -212,6 +240,7 @@ class Watch:
             return self
         _generation += 1
         _announced, _watching, _lost = False, True, ()
+        release_end()  # (an earlier Watch of this thread that ended in an error the caller then handled)
         self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
         _start_link(self._client, self._peer_lost, self._silence_s)
@@ -222,7 +251,7 @@ class Watch:
         if self._client is None:
             return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
-        if not self._ending.acquire(blocking=False):  # the watcher or the liveness link is ending this process
+        if not claim_end():  # another thread is ending this process
             threading.Event().wait()  # (its os._exit comes within seconds)
         if _link is not None:
             _link.goodbye()
@@ -252,6 +281,7 @@ class Watch:
             exit_now(0)
         if error is None:
             _watching = False
+            release_end()
             return
         # The caller ends this process with exit_now, which needs _watching and skips the lost processes.
         _lost = tuple(i for i in everyone if i not in left)
@@ -279,7 +309,7 @@ class Watch:
                 _record_lost(int(pid))
             if int(pid) in (me, -1) or self._stopped.wait(GRACE_S):  # this one stops on its own (the same error?)
                 return
-            if not self._ending.acquire(blocking=False):
+            if not claim_end():
                 return
             if kind == _LOST:
                 print(f"\n{_lost_line([int(pid)], me, how)}", file=sys.stderr, flush=True)
@@ -295,7 +325,7 @@ class Watch:
         within a second (a killed process 0 takes the coordination service with it), or after its heartbeat
         timeout, and nothing is left to tell or wait for."""
         _record_lost(index)
-        if not self._ending.acquire(blocking=False):  # ending already; its waits now skip that process
+        if not claim_end():  # ending already; its waits now skip that process
             return
         me = jax.process_index()
         if me != 0:

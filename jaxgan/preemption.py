@@ -82,6 +82,8 @@ class Preemption:
                     if signum != signal.SIGINT:
                         continue
                     presses += 1
+                    if presses > 1 and not peer_failure.claim_end():  # another thread is ending the process
+                        continue
                     with contextlib.suppress(OSError):
                         os.write(2, first if presses == 1 else _SECOND)
                     if presses > 1:  # end from this thread: the main one may be inside XLA

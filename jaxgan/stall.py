@@ -83,7 +83,10 @@ class Watchdog:
                 self._end(what.format(step=step), seconds, limit)
 
     def _end(self, what: str, seconds: float, limit: float) -> None:
-        """Write the stacks, say why, tell the other processes, end this one."""
+        """Write the stacks, say why, tell the other processes, end this one (unless another thread is ending
+        it already: a peer's failure, a second Ctrl-C)."""
+        if not peer_failure.claim_end():
+            return
         try:
             with open(self._stack_file, "w") as f:
                 f.write(f"jaxgan: no progress for {seconds:.1f} s while {what}. Every thread's stack:\n\n")

@@ -44,6 +44,40 @@ def test_a_second_ctrl_c_stops_at_once_even_inside_a_long_native_call():
     assert waited < 5, waited
 
 
+# Another thread took the end of the process (jaxgan.peer_failure.claim_end: a peer's failure, the stall watchdog)
+# and ends it 3 s later with its own status.
+CHILD_ENDING = """
+import os, threading, time
+from jaxgan import peer_failure
+from jaxgan.preemption import Preemption
+
+claimed = threading.Event()
+def other_ender():
+    peer_failure.claim_end()
+    claimed.set()
+    time.sleep(3)
+    os.write(2, b"the other ender's line\\n")
+    os._exit(7)
+
+with Preemption() as preempt:
+    threading.Thread(target=other_ender, daemon=True).start()
+    print("ready" if claimed.wait(timeout=10) else "no claim", flush=True)
+    time.sleep(60)  # (the other ender's exit comes first)
+"""
+
+
+def test_a_second_ctrl_c_while_another_thread_ends_the_process_leaves_it_to_that_one():
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_ENDING], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 7, (out, err)  # the other ender's status, not Ctrl-C's 130
+    assert "the other ender's line" in err and "Second Ctrl-C" not in err, err
+
+
 def test_one_ctrl_c_or_sigterm_only_sets_the_flag():
     for sig, message in ((signal.SIGINT, "Press Ctrl-C again"), (signal.SIGTERM, "")):
         proc = _child(600)

@@ -78,6 +78,40 @@ def test_phases_that_keep_moving_and_timeout_0_never_end_it(tmp_path, ended):
     assert not any(t.name == "jaxgan-stall" for t in threading.enumerate())  # each watchdog stopped its thread
 
 
+def test_a_stall_while_another_thread_ends_the_process_says_nothing(tmp_path, ended, capfd):
+    # Another ender (a peer's failure, a second Ctrl-C) took the end first: the watchdog, firing meanwhile, must not
+    # print a second line nor end the process with its status. A claim dies with its thread.
+    claimed, done = threading.Event(), threading.Event()
+
+    def other_ender():
+        assert stall.peer_failure.claim_end() and stall.peer_failure.claim_end()  # (again: still its own)
+        claimed.set()
+        done.wait()
+
+    other = threading.Thread(target=other_ender)
+    other.start()
+    try:
+        assert claimed.wait(timeout=10)
+        assert not stall.peer_failure.claim_end()
+        with stall.Watchdog(0.2, tmp_path) as watchdog:
+            watchdog.arm()
+            watchdog.beat("dispatching step {step}", 3)
+            _stuck_here(0.8)
+        with pytest.raises(queue.Empty):
+            ended.get(timeout=0.3)
+        assert "no progress" not in capfd.readouterr().err
+        assert not (tmp_path / "stall_process0.txt").exists()
+    finally:
+        done.set()
+        other.join()
+    with stall.Watchdog(0.2, tmp_path) as watchdog:  # its thread ended without ending the process: free again
+        watchdog.arm()
+        watchdog.beat("dispatching step {step}", 4)
+        _stuck_here(0.8)
+    assert ended.get(timeout=1) == stall.STATUS
+    assert "error: no progress for 0.2 s while dispatching step 4" in capfd.readouterr().err
+
+
 # The training command whose input pipeline hangs forever after 5 batches (a file system that stopped answering).
 _HANGS_AFTER_5 = """
 import itertools, time
