@@ -184,6 +184,13 @@ def release_end() -> None:
             _ender = None
 
 
+def _wait_for_end() -> None:
+    """Return once this thread holds the end: at once, or when the thread that holds it has died without
+    ending the process (it raised on its way to ``os._exit``), so that the process still ends."""
+    while not claim_end():
+        time.sleep(0.1)
+
+
 def exit_now(status: int, flush: bool = True) -> NoReturn:
     """End this process with ``status`` at once, skipping JAX's shutdown barrier (several processes).
 
@@ -193,8 +200,7 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
     ends last. ``flush=False`` leaves Python's buffered streams alone (for a thread that must not wait for
     their locks). A thread that another one beat to :func:`claim_end` waits here for that one's exit.
     """
-    if not claim_end():
-        threading.Event().wait()
+    _wait_for_end()
     if flush:
         _flush()
     if _link is not None:
@@ -251,8 +257,7 @@ class Watch:
         if self._client is None:
             return
         self._stopped.set()  # first: this process now stops on its own, whatever a peer does
-        if not claim_end():  # another thread is ending this process
-            threading.Event().wait()  # (its os._exit comes within seconds)
+        _wait_for_end()  # another thread may be ending this process (its os._exit comes within seconds)
         if _link is not None:
             _link.goodbye()
         if error is not None:

@@ -112,6 +112,31 @@ def test_a_stall_while_another_thread_ends_the_process_says_nothing(tmp_path, en
     assert "error: no progress for 0.2 s while dispatching step 4" in capfd.readouterr().err
 
 
+def test_exit_now_waits_for_the_ender_and_ends_the_process_if_that_one_dies(monkeypatch):
+    # A thread that lost the end to another waits for that one's exit; if the other raised on its way there, the
+    # process must still end (here os._exit records instead of ending the test's process).
+    exits: queue.Queue = queue.Queue()
+    monkeypatch.setattr(stall.peer_failure.os, "_exit", exits.put)
+    claimed, done = threading.Event(), threading.Event()
+
+    def dying_ender():
+        stall.peer_failure.claim_end()
+        claimed.set()
+        done.wait()  # ... then dies without ending the process
+
+    other = threading.Thread(target=dying_ender)
+    other.start()
+    assert claimed.wait(timeout=10)
+    late = threading.Thread(target=stall.peer_failure.exit_now, args=(3,))
+    late.start()
+    with pytest.raises(queue.Empty):
+        exits.get(timeout=0.5)  # waiting for the other's exit
+    done.set()
+    assert exits.get(timeout=5) == 3
+    late.join(timeout=5)
+    other.join()
+
+
 # The training command whose input pipeline hangs forever after 5 batches (a file system that stopped answering).
 _HANGS_AFTER_5 = """
 import itertools, time
