@@ -198,7 +198,8 @@ def exit_now(status: int, flush: bool = True) -> NoReturn:
     :data:`LAST_WAIT_S`) until every process has one: a process that ended earlier would break its peers'
     collectives (on CPU, Gloo raises in them at once) before their watchers had printed why. Process 0
     ends last. ``flush=False`` leaves Python's buffered streams alone (for a thread that must not wait for
-    their locks). A thread that another one beat to :func:`claim_end` waits here for that one's exit.
+    their locks). A thread that another one beat to :func:`claim_end` waits here for that one's exit (and
+    goes on if that one dies without it).
     """
     _wait_for_end()
     if flush:
