@@ -1,5 +1,6 @@
 """A training run that stops making progress ends with one line and the threads' stacks, and resumes."""
 
+import contextlib
 import queue
 import subprocess
 import sys
@@ -78,20 +79,31 @@ def test_phases_that_keep_moving_and_timeout_0_never_end_it(tmp_path, ended):
     assert not any(t.name == "jaxgan-stall" for t in threading.enumerate())  # each watchdog stopped its thread
 
 
-def test_a_stall_while_another_thread_ends_the_process_says_nothing(tmp_path, ended, capfd):
-    # Another ender (a peer's failure, a second Ctrl-C) took the end first: the watchdog, firing meanwhile, must not
-    # print a second line nor end the process with its status. A claim dies with its thread.
+@contextlib.contextmanager
+def _end_held_by_another_thread():
+    """Inside the block another live thread holds the process's end (``peer_failure.claim_end``: a peer's failure,
+    a second Ctrl-C); when it ends, that thread dies without ending the process."""
     claimed, done = threading.Event(), threading.Event()
 
-    def other_ender():
+    def holder():
         assert stall.peer_failure.claim_end() and stall.peer_failure.claim_end()  # (again: still its own)
         claimed.set()
         done.wait()
 
-    other = threading.Thread(target=other_ender)
-    other.start()
+    thread = threading.Thread(target=holder)
+    thread.start()
     try:
         assert claimed.wait(timeout=10)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_a_stall_while_another_thread_ends_the_process_says_nothing(tmp_path, ended, capfd):
+    # The watchdog, firing while another ender ends the process, must not print a second line nor end the process
+    # with its own status. A claim dies with its thread.
+    with _end_held_by_another_thread():
         assert not stall.peer_failure.claim_end()
         with stall.Watchdog(0.2, tmp_path) as watchdog:
             watchdog.arm()
@@ -101,10 +113,7 @@ def test_a_stall_while_another_thread_ends_the_process_says_nothing(tmp_path, en
             ended.get(timeout=0.3)
         assert "no progress" not in capfd.readouterr().err
         assert not (tmp_path / "stall_process0.txt").exists()
-    finally:
-        done.set()
-        other.join()
-    with stall.Watchdog(0.2, tmp_path) as watchdog:  # its thread ended without ending the process: free again
+    with stall.Watchdog(0.2, tmp_path) as watchdog:  # the holder died without ending the process: free again
         watchdog.arm()
         watchdog.beat("dispatching step {step}", 4)
         _stuck_here(0.8)
@@ -117,24 +126,13 @@ def test_exit_now_waits_for_the_ender_and_ends_the_process_if_that_one_dies(monk
     # process must still end (here os._exit records instead of ending the test's process).
     exits: queue.Queue = queue.Queue()
     monkeypatch.setattr(stall.peer_failure.os, "_exit", exits.put)
-    claimed, done = threading.Event(), threading.Event()
-
-    def dying_ender():
-        stall.peer_failure.claim_end()
-        claimed.set()
-        done.wait()  # ... then dies without ending the process
-
-    other = threading.Thread(target=dying_ender)
-    other.start()
-    assert claimed.wait(timeout=10)
-    late = threading.Thread(target=stall.peer_failure.exit_now, args=(3,))
-    late.start()
-    with pytest.raises(queue.Empty):
-        exits.get(timeout=0.5)  # waiting for the other's exit
-    done.set()
+    with _end_held_by_another_thread():
+        late = threading.Thread(target=stall.peer_failure.exit_now, args=(3,))
+        late.start()
+        with pytest.raises(queue.Empty):
+            exits.get(timeout=0.5)  # waiting for the holder's exit
     assert exits.get(timeout=5) == 3
     late.join(timeout=5)
-    other.join()
 
 
 # The training command whose input pipeline hangs forever after 5 batches (a file system that stopped answering).
