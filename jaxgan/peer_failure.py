@@ -165,7 +165,7 @@ def claim_end() -> bool:
 
     Call it before saying why the process ends; on False, say nothing (the other thread is ending the
     process with its own line and status). True again for the thread that holds it. A claim dies with its
-    thread, which ends the process unless its exit was replaced (tests), and with :func:`release_end`.
+    thread, which ends the process unless its exit was replaced (tests), and with :func:`_release_end`.
     """
     global _ender
     me = threading.current_thread()
@@ -176,7 +176,7 @@ def claim_end() -> bool:
         return True
 
 
-def release_end() -> None:
+def _release_end() -> None:
     """Give up the calling thread's claim (a Watch left normally: the process goes on)."""
     global _ender
     with _ender_lock:
@@ -247,7 +247,7 @@ class Watch:
             return self
         _generation += 1
         _announced, _watching, _lost = False, True, ()
-        release_end()  # (an earlier Watch of this thread that ended in an error the caller then handled)
+        _release_end()  # (an earlier Watch of this thread that ended in an error the caller then handled)
         self._thread = threading.Thread(target=self._watch, args=(self._client,), name="jaxgan-peers", daemon=True)
         self._thread.start()
         _start_link(self._client, self._peer_lost, self._silence_s)
@@ -287,7 +287,7 @@ class Watch:
             exit_now(0)
         if error is None:
             _watching = False
-            release_end()
+            _release_end()
             return
         # The caller ends this process with exit_now, which needs _watching and skips the lost processes.
         _lost = tuple(i for i in everyone if i not in left)
