@@ -15,7 +15,7 @@ import pathlib
 import shutil
 import sys
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from jaxgan import image_io
 
@@ -39,8 +39,7 @@ def compact(src: pathlib.Path, dst: pathlib.Path, train_quality: int = 85) -> di
             else:
                 out = dst / split / (f.stem + ".jpg")
                 if not out.exists():
-                    with Image.open(f) as im:
-                        ImageOps.exif_transpose(im).convert("RGB").save(out, "JPEG", quality=train_quality)
+                    Image.fromarray(image_io.decode_image(f)).save(out, "JPEG", quality=train_quality)
             total += out.stat().st_size
         counts[split] = len(files)
     counts["bytes"] = total

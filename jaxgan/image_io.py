@@ -14,11 +14,23 @@ import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # the official ones but PPM, and WebP
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+_ORIENTATION_TAG = 0x0112  # EXIF tag 274: how the camera held the sensor
+# EXIF orientation -> the transposition that shows the stored pixels upright (1: already upright).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class DataError(ValueError):
@@ -50,12 +62,28 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 image.load()
-                # Upright as viewers show it: phone photos store the camera's rotation in EXIF tag 274.
-                return pil_to_rgb(ImageOps.exif_transpose(image))
+                return pil_to_rgb(upright(image))
     except FileNotFoundError as error:
         raise DataError(f"{label}: no such file") from error
     except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
+    except Exception as error:  # Pillow on malformed files also raises struct.error, IndexError, ZeroDivisionError...
+        raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as viewers show it: phone photos store the camera's rotation in EXIF orientation (tag 274).
+
+    Only the pixels are turned. Unlike Pillow's ``ImageOps.exif_transpose``, the EXIF block is not rewritten,
+    so a photo whose other EXIF tags are malformed (as some cameras write them) still reads; an orientation
+    that cannot be read, or is not one of 1-8, counts as 1 (upright as stored).
+    """
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block: the pixels are still good
+        return image
+    transpose = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if transpose is None else image.transpose(transpose)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -4,11 +4,12 @@ float <-> uint8 mapping, as every reader of images (training, test splits, trans
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import pytest
 from folder_data import gray_ramp, make_config, make_folder, pattern
-from PIL import Image
+from PIL import Image, ImageOps
 
 from jaxgan import image_io, input_pipeline
 
@@ -101,3 +102,46 @@ def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path):
     test = input_pipeline.load_test_split(config, "A")
     red = image_io.to_uint8(test.images[0])[..., 0]
     assert red[:, 20:].mean() > 200 and red[:, :12].mean() < 50  # the test transform sees it upright too
+
+
+def _exif_with_a_mistyped_tag(orientation: int) -> bytes:
+    """An EXIF block as some cameras write it: the orientation, and tag 0x0154 stored as ASCII where Pillow's
+    table expects a number (Pillow reads it, but cannot write the block back: ``struct.error``)."""
+    entries = [(0x0112, 3, 1, struct.pack("<HH", orientation, 0)), (0x0154, 2, 4, b"Cam\x00")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_with_a_malformed_exif_tag_still_reads_upright(tmp_path, orientation):
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:20, :30] = 255  # the top-left quarter white, to tell all eight orientations apart
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=_exif_with_a_mistyped_tag(orientation))
+    if orientation != 1:  # to turn the pixels, Pillow's own helper rewrites the EXIF block, and fails on it
+        with Image.open(path) as image, pytest.raises(struct.error):
+            ImageOps.exif_transpose(image)
+    shown = {  # what a viewer shows for each EXIF orientation
+        1: stored,
+        2: stored[:, ::-1],
+        3: stored[::-1, ::-1],
+        4: stored[::-1],
+        5: stored.transpose(1, 0, 2),
+        6: np.rot90(stored, k=-1),
+        7: np.rot90(stored, k=-1)[::-1],
+        8: np.rot90(stored),
+    }[orientation]
+    got = image_io.decode_image(path)
+    assert got.shape == shown.shape
+    assert np.abs(got.astype(int) - shown).mean() < 8
+
+
+def test_any_error_of_pillow_on_a_malformed_file_is_a_data_error(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+
+    def broken(image):
+        raise ZeroDivisionError("division by zero")  # as Pillow raises on some malformed EXIF rationals
+
+    monkeypatch.setattr(image_io, "upright", broken)
+    with pytest.raises(image_io.DataError, match=r"x\.png: not a readable image \(ZeroDivisionError"):
+        image_io.decode_image(tmp_path / "x.png")
