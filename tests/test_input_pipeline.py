@@ -17,6 +17,7 @@ from PIL import Image
 
 from jaxgan import image_io, input_pipeline
 from jaxgan.data import sources
+from jaxgan.data.stream import shard_count
 from jaxgan.input_pipeline import DataError
 
 MINI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "horse2zebra-mini")
@@ -65,6 +66,9 @@ def test_epoch_length_a_order_and_independent_b(tmp_path):
     for epoch in a:  # every A image in every epoch; 3 of the 8 steps revisit one (8 % 5)
         assert set(epoch) == set(range(5))
     assert len({tuple(epoch) for epoch in a}) > 50  # a fresh order each epoch
+    # The revisits fall on a fresh choice every epoch (the official code always gives them to A's first 3
+    # files, which it then shows twice as often as the other 2): over the run, 96 times each.
+    assert np.abs(np.bincount(a.ravel(), minlength=5) - 96).max() < 20
     counts = np.bincount(b, minlength=8)
     assert counts.min() > 30 and counts.max() < 90  # uniform B: 60 expected per image
     # B does not follow A: every (A, B) combination occurs.
@@ -116,9 +120,18 @@ def test_iterate_stops_its_thread_and_reraises_errors(tmp_path, monkeypatch):
         list(stream.iterate(0, stop_step=5))
 
 
+def test_shards_split_a_domain_evenly_or_nearly():
+    assert [shard_count(size, 4) for size in (12, 8, 6, 9, 7, 3, 1)] == [4, 4, 2, 1, 1, 1, 1]
+    assert shard_count(1334, 8) == 8  # 166 or 167 images a shard: 0.6 % apart
+    assert shard_count(1067, 64) == 8  # 64, 32 and 16 shards would hold 16-17, 33-34, 66-67 images
+    assert shard_count(640, 64) == 64 and shard_count(5, 1) == 1
+
+
 @pytest.mark.parametrize("process_count", [2, 4])
-def test_process_shards_cover_the_stream_without_overlap(tmp_path, process_count):
-    config = make_config(f"folder:{make_folder(tmp_path, {'trainA': 9, 'trainB': 7})}", batch_size=4, seed=1)
+@pytest.mark.parametrize("sizes", [(12, 6), (9, 7)])
+def test_process_shards_cover_the_stream(tmp_path, process_count, sizes):
+    folder = make_folder(tmp_path, {"trainA": sizes[0], "trainB": sizes[1]})
+    config = make_config(f"folder:{folder}", batch_size=4, seed=1)
     single = input_pipeline.create_train_stream(config)
     parts = [
         input_pipeline.create_train_stream(config, process_index=p, process_count=process_count)
@@ -126,14 +139,30 @@ def test_process_shards_cover_the_stream_without_overlap(tmp_path, process_count
     ]
     assert all(p.local_batch_size == 4 // process_count for p in parts)
     assert all(p.steps_per_epoch == single.steps_per_epoch == 3 for p in parts)
-    for key, size in (("A", 9), ("B", 7)):
-        held = [set(p.cached_indices[key]) for p in parts]
-        assert sum(len(h) for h in held) == size and set().union(*held) == set(range(size))
+    for key, size in zip("AB", sizes, strict=True):
+        shards = shard_count(size, 4)  # 12: 4 shards, 6: 2; 9 and 7 images are not split (each process all)
+        for p, part in enumerate(parts):
+            rows = range(p * part.local_batch_size, (p + 1) * part.local_batch_size)
+            own = {i for i in range(size) if i % shards in {r % shards for r in rows}}
+            assert set(part.cached_indices[key]) == own
+        if shards == 4:  # one shard per row: the processes hold disjoint parts
+            assert sum(len(part.cached_indices[key]) for part in parts) == size
     for step in (0, 1, 2, 3, 7):  # across epoch boundaries
         whole = single.batch(step)
         local = [p.batch(step) for p in parts]
         for key in "AB":
             np.testing.assert_array_equal(np.concatenate([b[key] for b in local]), whole[key])
+
+
+def test_every_image_is_shown_equally_often_when_the_batch_does_not_divide_the_domain(tmp_path):
+    # 10 images at batch 8. One shard per row (i % 8) would hold 2 images in rows 0-1 and 1 in rows 2-7, and
+    # show images 2-7 twice as often as the others.
+    stream = input_pipeline.create_train_stream(
+        make_config(f"folder:{make_folder(tmp_path, {'trainA': 10, 'trainB': 10})}", batch_size=8)
+    )
+    for key in "AB":
+        counts = np.bincount(np.concatenate([stream.image_indices(s)[key] for s in range(1000)]), minlength=10)
+        assert np.abs(counts - 800).max() < 80, (key, counts)  # 8,000 slots: 800 each
 
 
 def test_domain_smaller_than_the_batch_is_shared_by_all_rows(tmp_path):
@@ -251,16 +280,20 @@ def test_the_first_readable_test_images_are_taken_past_bad_ones(tmp_path, caplog
 
 
 def test_a_row_whose_images_are_all_unreadable_draws_from_all(tmp_path, caplog):
-    # 5 images at batch 4: row 1 shows only image 1 (1 % 4), which is unreadable.
-    root = make_folder(tmp_path, {"trainA": 5, "trainB": 5, "testA": 1, "testB": 1})
-    (tmp_path / "trainB" / "img_001.png").write_bytes(b"not a png")
+    # 8 images at batch 4, so 4 shards: row 1 shows only images 1 and 5 (i % 4 == 1), both unreadable.
+    root = make_folder(tmp_path, {"trainA": 8, "trainB": 8, "testA": 1, "testB": 1})
+    for name in ("img_001.png", "img_005.png"):
+        (tmp_path / "trainB" / name).write_bytes(b"not a png")
     caplog.set_level(logging.WARNING, logger="jaxgan.data")
     stream = input_pipeline.create_train_stream(make_config(f"folder:{root}", batch_size=4))
     messages = [r.getMessage() for r in caplog.records]
-    assert any("row(s) 1 of the batch show (i % 4 == row) are all unreadable" in m for m in messages), messages
-    assert any("Skipped 1 of 5 image files of trainB" in m for m in messages), messages
-    drawn = {int(i) for step in range(20) for i in stream.image_indices(step)["B"]}
-    assert drawn == {0, 2, 3, 4}  # every readable image, by every row; never the bad one
+    assert any(
+        "images i of trainB with i % 4 in {1} (those that the rows r with the same r % 4 show) are all unreadable" in m
+        for m in messages
+    ), messages
+    assert any("Skipped 2 of 8 image files of trainB" in m for m in messages), messages
+    drawn = {int(i) for step in range(30) for i in stream.image_indices(step)["B"]}
+    assert drawn == {0, 2, 3, 4, 6, 7}  # every readable image, by every row; never the bad ones
     assert stream.batch(0)["B"].shape == (4, 32, 32, 3)
 
 

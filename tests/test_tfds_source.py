@@ -24,7 +24,7 @@ def tfds_data_dir(tmp_path_factory):
     tfds = pytest.importorskip("tensorflow_datasets")
     tfds.disable_progress_bar()
     images = tmp_path_factory.mktemp("unpacked")
-    make_folder(images, {"trainA": 3, "trainB": 4, "testA": 2, "testB": 1})
+    make_folder(images, {"trainA": 3, "trainB": 5, "testA": 2, "testB": 1})
     Image.fromarray(gray_ramp(40, 48)).save(images / "trainB" / "img_gray.jpg")  # grayscale, as in horse2zebra
 
     class LocalCycleGan(tfds.builder_cls("cycle_gan"), skip_registration=True):
@@ -48,10 +48,10 @@ def test_tfds_source_reads_a_prepared_data_set(tfds_data_dir, monkeypatch):
     monkeypatch.setattr(data_sources, "_download_host_reachable", lambda *a, **k: pytest.fail("no network"))
     config = make_config("tfds:cycle_gan/horse2zebra", data_dir=tfds_data_dir, batch_size=2)
     stream = input_pipeline.create_train_stream(config)
-    assert stream.num_images == {"A": 3, "B": 5} and stream.steps_per_epoch == 3
+    assert stream.num_images == {"A": 3, "B": 6} and stream.steps_per_epoch == 3
     assert stream.batch(0)["B"].shape == (2, 32, 32, 3)
     shards = [input_pipeline.create_train_stream(config, process_index=p, process_count=2) for p in range(2)]
-    assert not set(shards[0].cached_indices["B"]) & set(shards[1].cached_indices["B"])
+    assert not set(shards[0].cached_indices["B"]) & set(shards[1].cached_indices["B"])  # 2 shards of 3 images
     np.testing.assert_array_equal(np.concatenate([s.batch(4)["B"] for s in shards]), stream.batch(4)["B"])
     test = input_pipeline.load_test_split(config, "A")
     assert test.images.shape == (2, 32, 32, 3) and test.names == ["testA_00000.png", "testA_00001.png"]

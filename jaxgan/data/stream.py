@@ -1,16 +1,21 @@
 """The training stream: a resumable, per-process sequence of batches, a pure function of ``(seed, step)``.
 
 As the official unaligned data set: an epoch has ``ceil(max(|A|, |B|) / batch)`` steps; A is
-visited in a fresh shuffled order every epoch and B is drawn independently at random. Each image
-is decoded once and cached as uint8 after the deterministic part of the transform (the resize to
-``load_size``); the random crop, the flip and the conversion to float happen per batch. A run
-resumed at any step sees the batches the uninterrupted run saw.
+visited in a fresh shuffled order every epoch and B is drawn independently at random. Where an
+epoch has more slots than A has images, A's extra slots go to a fresh random choice of its images
+every epoch (the official code gives them to the same first files every epoch), so that over a run
+every image is shown equally often. Each image is decoded once and cached as uint8 after the
+deterministic part of the transform (the resize to ``load_size``); the random crop, the flip and
+the conversion to float happen per batch. A run resumed at any step sees the batches the
+uninterrupted run saw.
 
-Multi-process: row ``r`` of the global batch only ever shows images ``i`` with ``i % batch == r``
-(when a domain has at least ``batch`` images), so each process decodes and caches only the images
-of its own rows and yields its contiguous block of rows; stacking the blocks of all processes
-gives exactly the batch one process would produce for the same global batch size. Where all images
-of a row are unreadable (a small domain with bad files), that process's rows draw from every
+Multi-process: each domain is split into ``S`` shards (image ``i`` in shard ``i % S``), ``S`` being
+the largest divisor of the global batch whose shards hold equally many images, or so many that one
+image more in some shards shows their images at most 1% less often (:func:`shard_count`). Row ``r``
+of the global batch only ever shows images of shard ``r % S``, so each process decodes and caches
+only the shards of its own rows and yields its contiguous block of rows; stacking the blocks of all
+processes gives exactly the batch one process would produce for the same global batch size. Where
+all images of a shard are unreadable (a small domain with bad files), every row draws from every
 readable image instead, with a warning.
 """
 
@@ -37,13 +42,29 @@ _log = logging.getLogger("jaxgan.data")
 _EPOCH_ORDER_TAG = 1
 _STEP_DRAW_TAG = 2
 
+# Shards of unequal size show the images of the smaller ones more often: by 1/q for shards of q and q + 1 images.
+_MIN_IMAGES_PER_UNEQUAL_SHARD = 100
+
+
+def shard_count(size: int, batch_size: int) -> int:
+    """The number of shards of a domain of ``size`` images for a global batch of ``batch_size`` rows.
+
+    The largest divisor ``S`` of ``batch_size`` that divides ``size``, or that leaves at least
+    ``_MIN_IMAGES_PER_UNEQUAL_SHARD`` images per shard (the shards' sizes then differ by one image, so the
+    images of the smaller shards are shown at most 1% more often). 1 (no sharding) when none does.
+    """
+    for shards in range(min(batch_size, size), 1, -1):
+        if batch_size % shards == 0 and (size % shards == 0 or size // shards >= _MIN_IMAGES_PER_UNEQUAL_SHARD):
+            return shards
+    return 1
+
 
 @dataclasses.dataclass
 class _Domain:
     """One training domain as this process holds it."""
 
     size: int  # images listed (valid or not): defines the epoch length and the shards
-    num_shards: int  # the global batch size; 1 when the domain has fewer images, or a row's are all unreadable
+    num_shards: int  # shard_count(size, batch); 1 when a shard's images are all unreadable
     shards: dict[int, np.ndarray]  # shard id -> readable global indices (only the shards this process needs)
     cache: dict[int, np.ndarray]  # global index -> prepared uint8[H, W, 3]
 
@@ -85,24 +106,28 @@ class TrainStream:
         self.steps_per_epoch = math.ceil(max(self.num_images.values()) / global_batch_size)
         self.cached_indices = {key: np.array(sorted(d.cache), dtype=np.int64) for key, d in domains.items()}
         self._rows = range(process_index * self.local_batch_size, (process_index + 1) * self.local_batch_size)
-        self._order: tuple[int, np.ndarray] | None = None
+        self._orders: dict[tuple[int, int], np.ndarray] = {}  # (epoch, shard) -> _epoch_order
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """int[num_shards, steps_per_epoch * rows_per_shard]: domain A's shuffled visiting order in ``epoch``.
+    def _epoch_order(self, epoch: int, shard: int) -> np.ndarray:
+        """int[steps_per_epoch * rows_per_shard]: positions in A's ``shard`` that its rows show in ``epoch``.
 
-        The rows that share a shard (one row per shard, or all rows when A has fewer images than the batch)
-        take turns along their shard's order: row ``r`` at step ``k`` takes slot ``k * rows_per_shard + r //
+        Whole shuffled passes over the shard's images, fresh every epoch, cut at the epoch's slots: every
+        image is shown at least once, and the slots beyond a whole pass go to a random choice of images. The
+        rows that share the shard take turns: row ``r`` at step ``k`` takes slot ``k * rows_per_shard + r //
         num_shards``, so within an epoch they show different images as far as the shard allows.
         """
-        cached = self._order
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        shards = self._domains["A"].num_shards
-        slots = self.steps_per_epoch * (self.global_batch_size // shards)
-        rng = np.random.default_rng([self._seed, _EPOCH_ORDER_TAG, epoch])
-        order = rng.permuted(np.tile(np.arange(slots), (shards, 1)), axis=1)
-        self._order = (epoch, order)
-        return order
+        key = (epoch, shard)
+        if key not in self._orders:
+            if len(self._orders) > 64:  # the current epoch's shards are all that is used again
+                self._orders.clear()
+            domain = self._domains["A"]
+            images = len(domain.shards[shard])
+            slots = self.steps_per_epoch * (self.global_batch_size // domain.num_shards)
+            # (Shard 0 keeps the seed of earlier versions: where A is the larger domain, a batch-1 run keeps its order.)
+            rng = np.random.default_rng([self._seed, _EPOCH_ORDER_TAG, epoch, *([shard] if shard else [])])
+            passes = [rng.permutation(images) for _ in range(-(-slots // images))]
+            self._orders[key] = np.concatenate(passes)[:slots]
+        return self._orders[key]
 
     def image_indices(self, step: int) -> dict[str, np.ndarray]:
         """The global image indices behind :meth:`batch` (step): {'A': int[local_batch], 'B': ...}."""
@@ -112,7 +137,6 @@ class TrainStream:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = self._epoch_order(epoch)
         rng = np.random.default_rng([self._seed, _STEP_DRAW_TAG, step])
         # Drawn for every row of the global batch, so that a row's draws do not depend on the process count.
         pick_b = rng.random(self.global_batch_size)
@@ -127,7 +151,7 @@ class TrainStream:
                 if key == "A":
                     rows_per_shard = self.global_batch_size // domain.num_shards
                     slot = k * rows_per_shard + row // domain.num_shards
-                    position = order[row % domain.num_shards, slot] % len(shard)
+                    position = self._epoch_order(epoch, row % domain.num_shards)[slot]
                 else:
                     position = min(int(pick_b[row] * len(shard)), len(shard) - 1)
                 chosen[i] = shard[position]
@@ -245,16 +269,17 @@ def create_train_stream(
     for key in ("A", "B"):
         split = f"train{key}"
         size = source.count(split)
-        num_shards = batch_size if size >= batch_size else 1
+        num_shards = shard_count(size, batch_size)
         needed = {row % num_shards for row in rows}
         wanted = [i for i in range(size) if i % num_shards in needed]
         loaded = loading.load_split(source, split, wanted, prepare, crop_size)
         empty = sorted(needed - {i % num_shards for i in loaded.images})
         if empty:  # a row would have nothing to show: every row draws from every readable image instead
             _log.warning(
-                "The images of %s that row(s) %s of the batch show (i %% %d == row) are all unreadable; every "
-                "row draws from all readable images of %s instead",
+                "The images i of %s with i %% %d in {%s} (those that the rows r with the same r %% %d show) are all "
+                "unreadable; every row draws from all readable images of %s instead",
                 split,
+                num_shards,
                 ", ".join(map(str, empty)),
                 num_shards,
                 split,
