@@ -9,6 +9,7 @@ by ``Normalize(0.5, 0.5)``), so pixel values live in ``[-1, 1]``.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 
@@ -19,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # the official ones but PPM, and WebP
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+_log = logging.getLogger("jaxgan.data")
 
 _ORIENTATION_TAG = 0x0112  # EXIF tag 274: how the camera held the sensor
 # EXIF orientation -> the transposition that shows the stored pixels upright (1: already upright).
@@ -168,15 +171,19 @@ def find_images(folder: str) -> tuple[list[str], list[str]]:
     Hidden files and folders are left out. Linked folders are followed, each real folder once, except
     links back to ``folder`` or above it (they would list the same images, or other splits, again).
     Files that exist but are not regular files (pipes, sockets) count as other files; broken links stay
-    among the images, so that reading them reports them as unreadable.
+    among the images, so that reading them reports them as unreadable. A folder that cannot be listed
+    (no permission) is left out with a warning.
     """
     top = os.path.realpath(folder)
     files, others, seen = [], [], {top}
 
+    def unlisted(error: OSError) -> None:
+        _log.warning("Cannot list %s (%s); the images in it are left out", error.filename, error.strerror)
+
     def new(real: str) -> bool:  # not listed yet, and not the folder itself or one above it (a loop)
         return real not in seen and not (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted, followlinks=True):
         keep = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             real = os.path.realpath(os.path.join(dirpath, d))

@@ -45,6 +45,26 @@ def test_folder_lists_images_recursively_any_case_ignoring_hidden_and_other_file
     assert split.images.shape == (5, 32, 32, 3) and split.truth is None
 
 
+def test_a_folder_that_cannot_be_listed_is_left_out_with_a_warning(tmp_path, monkeypatch, caplog):
+    make_folder(tmp_path, {"trainA": 2, "trainB": 1, "testA": 1, "testB": 1})
+    locked = tmp_path / "trainA" / "locked"
+    locked.mkdir()
+    Image.fromarray(pattern(7)).save(locked / "hidden_from_us.png")
+    scandir = os.scandir
+
+    def denied(path="."):  # as for a folder without read permission (root, running the tests, reads any)
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    caplog.set_level(logging.WARNING, logger="jaxgan.data")
+    stream = input_pipeline.create_train_stream(make_config(f"folder:{tmp_path}"))
+    assert stream.num_images["A"] == 2
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == f"Cannot list {locked} (Permission denied); the images in it are left out"
+
+
 def test_test_split_is_the_bicubic_resize_to_crop_size(tmp_path):
     make_folder(tmp_path)
     split = input_pipeline.load_test_split(make_config(f"folder:{tmp_path}"), "B", max_images=1)
