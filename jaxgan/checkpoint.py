@@ -196,7 +196,7 @@ class Checkpointer:
         """
         if step in self.manager.all_steps():
             return False
-        leaves = _leaves_only(state)
+        leaves = _without_empty(_leaves_only(state))
         need = _state_bytes(leaves)
         free = shutil.disk_usage(self.directory).free
         if free < need * _SPACE_MARGIN:
@@ -235,7 +235,8 @@ class Checkpointer:
         with ``sharding`` set, which is what makes a checkpoint written on N
         devices restore on M devices.
         """
-        abstract = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
+        whole = jax.tree_util.tree_map(_abstract_leaf, _leaves_only(target))
+        abstract = _without_empty(whole)
         failed_reads.quiet()  # a damaged checkpoint: its warning, not TensorStore's echoes
         check_stored_shapes(self.directory / str(step) / "default", abstract)
         try:
@@ -247,6 +248,7 @@ class Checkpointer:
                 restored = self._restore_across_ema(step, abstract)
             except Exception:  # noqa: BLE001 - not an EMA difference: report the original mismatch
                 raise e from None
+        restored = _with_empty(whole, restored)
         return target.replace(**restored) if dataclasses.is_dataclass(target) else restored
 
     def _restore_across_ema(self, step: int, abstract: dict) -> dict:
@@ -358,6 +360,31 @@ def _leaves_only(state: PyTree) -> PyTree:
     if not dataclasses.is_dataclass(state):
         return state
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.metadata.get("pytree_node", True)}
+
+
+def _is_empty(x: Any) -> bool:
+    return hasattr(x, "shape") and 0 in tuple(x.shape)
+
+
+def _without_empty(tree: PyTree) -> PyTree:
+    """``tree`` with its zero-size arrays (the image pools of ``pool_size=0``) as None: they hold nothing, and
+    Orbax refuses to save them."""
+    return jax.tree_util.tree_map(lambda x: None if _is_empty(x) else x, tree)
+
+
+def _with_empty(whole: PyTree, restored: PyTree) -> PyTree:
+    """``restored`` (a tree saved through :func:`_without_empty`) with the zero-size arrays of ``whole`` (a
+    tree of ``jax.ShapeDtypeStruct``) back in their places, on their shardings."""
+
+    def fill(want: Any, got: Any) -> Any:
+        if not _is_empty(want):
+            return got
+        sharding = getattr(want, "sharding", None)
+        if sharding is None:
+            return jnp.zeros(want.shape, want.dtype)
+        return jax.make_array_from_callback(want.shape, sharding, lambda index: np.zeros(want.shape, want.dtype)[index])
+
+    return jax.tree_util.tree_map(fill, whole, restored)
 
 
 def _abstract_leaf(x: Any) -> Any:

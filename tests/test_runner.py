@@ -146,6 +146,17 @@ def test_uncropped_training_images_and_a_test_split_smaller_than_the_sample_coun
     assert Image.open(grids[-1]).size == (6 * 32 + 5 * 2, 32)  # six columns, one row
 
 
+def test_a_run_without_image_pools_saves_and_resumes(tmp_path):
+    # pool_size=0 makes the pools zero-size arrays, which Orbax refuses to save: the first save ended the run.
+    config = dict(pool_size=0, sample_every_steps=0, results_max_images=1)
+    reference = _params(loop.train_and_evaluate(tiny(num_train_steps=5, **config), tmp_path / "whole"))
+    loop.train_and_evaluate(tiny(num_train_steps=3, **config), tmp_path / "cut")
+    assert checkpoint.Checkpointer(tmp_path / "cut", async_save=False).all_steps() == [3]
+    state = loop.train_and_evaluate(tiny(num_train_steps=5, **config), tmp_path / "cut")  # resumes at 3
+    assert int(state.step) == 5 and state.pool_a.images.shape == (0, 32, 32, 3)
+    assert _bitwise_equal(_params(state), reference)
+
+
 def test_resuming_with_another_batch_size_says_where_the_schedule_stands(tmp_path, caplog):
     loop.train_and_evaluate(tiny(num_train_steps=4, sample_every_steps=0, results_max_images=1), tmp_path)
     with caplog.at_level(logging.INFO, logger="jaxgan"):
