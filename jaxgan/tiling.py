@@ -2,11 +2,12 @@
 
 A 12-megapixel phone photo through the paper generator needs more memory in one piece than
 many machines have (the activations of its first layers alone are 64 channels at full
-resolution). :func:`translate_tiled` runs the generator on ``tile x tile`` windows that overlap
-by ``overlap`` pixels and blends them: each output pixel is the weighted mean of the windows
-that cover it, with weights that fall linearly to almost 0 across the overlap, so no window's
-edge shows; the few pixels nearest a shared edge, where padding inside the network distorts the
-output, get no weight at all. Memory then depends on the tile, not on the photo.
+resolution). :func:`translate_tiled` runs the generator on ``tile x tile`` windows (a side shorter
+than the tile: windows of its own length) that overlap by ``overlap`` pixels and blends them: each
+output pixel is the weighted mean of the windows that cover it, with weights that fall linearly to
+almost 0 across the overlap, so no window's edge shows; the few pixels nearest a shared edge, where
+padding inside the network distorts the output, get no weight at all. Memory then depends on the
+tile, not on the photo.
 
 What tiling changes: instance norm normalises by the statistics of its whole input, so each
 window would be normalised by its own, and a window of sky and one of grass would each be
@@ -68,10 +69,12 @@ def translate_tiled(
     """Translate ``image: float32[H, W, 3]`` in [-1, 1] window by window.
 
     Args:
-      apply: ``float32[B, tile, tile, 3] -> float[B, tile, tile, 3]`` (the jitted generator); called
-        with full batches of equal windows, so it compiles once.
-      image: any size; sides shorter than ``tile`` are reflect-padded to it and cropped back.
-      tile: window side, a multiple of 4 (the generator's stride).
+      apply: ``float32[B, th, tw, 3] -> float[B, th, tw, 3]`` (the jitted generator), with ``th = min(tile, H)``
+        and ``tw = min(tile, W)``: a side shorter than the tile is one window of its own length, never
+        padded here (padding would show the network pixels that are not in the photo; ``apply`` pads to its
+        stride itself). Called with full batches of equal windows, so it compiles once.
+      image: any size.
+      tile: the longest window side, a multiple of 4 (the generator's stride).
       overlap: pixels shared by neighbouring windows (a few times the blend's width looks seamless).
       batch_size: windows per call.
 
@@ -81,27 +84,24 @@ def translate_tiled(
     if tile % 4:
         raise ValueError(f"tile must be a multiple of 4, got {tile}")
     h, w = image.shape[:2]
-    ph, pw = max(0, tile - h), max(0, tile - w)
-    if ph or pw:
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-    big_h, big_w = image.shape[:2]
-    ys, xs = tile_starts(big_h, tile, overlap), tile_starts(big_w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, th, overlap) if h > tile else [0], tile_starts(w, tw, overlap) if w > tile else [0]
 
-    def weights(starts: list[int], i: int) -> np.ndarray:
-        return blend_weights(tile, overlap, before=i > 0, after=i < len(starts) - 1)
+    def weights(starts: list[int], size: int, i: int) -> np.ndarray:
+        return blend_weights(size, overlap, before=i > 0, after=i < len(starts) - 1)
 
-    windows = {(y, x): (weights(ys, i)[:, None] * weights(xs, j)[None, :])[..., None]
+    windows = {(y, x): (weights(ys, th, i)[:, None] * weights(xs, tw, j)[None, :])[..., None]
                for i, y in enumerate(ys) for j, x in enumerate(xs)}  # fmt: skip
-    out = np.zeros((big_h, big_w, 3), np.float32)
-    total = np.zeros((big_h, big_w, 1), np.float32)
+    out = np.zeros((h, w, 3), np.float32)
+    total = np.zeros((h, w, 1), np.float32)
     corners = [(y, x) for y in ys for x in xs]
     for i in range(0, len(corners), batch_size):
         chunk = corners[i : i + batch_size]
-        tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in chunk])
+        tiles = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
         if len(chunk) < batch_size:  # a full batch: one compiled shape
             tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch_size - len(chunk), axis=0)])
         result = np.asarray(apply(tiles), np.float32)[: len(chunk)]
         for (y, x), t in zip(chunk, result, strict=True):
-            out[y : y + tile, x : x + tile] += t * windows[y, x]
-            total[y : y + tile, x : x + tile] += windows[y, x]
-    return (out / total)[:h, :w]
+            out[y : y + th, x : x + tw] += t * windows[y, x]
+            total[y : y + th, x : x + tw] += windows[y, x]
+    return out / total
