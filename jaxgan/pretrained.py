@@ -293,7 +293,7 @@ def fetch(
     out = pathlib.Path(output).expanduser().absolute() if output else cache / "converted" / "+".join(names.values())
     if _holds(out, names):
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not _holds(out, names):
         raise PretrainedError(f"output {out} already exists and holds something else; give a new directory")
     output_files.writable_folder(out.parent, PretrainedError)  # before any download
     generators, infos, configs = {}, {}, []
@@ -315,6 +315,8 @@ def fetch(
             json.dump({**infos["AtoB"], "reverse": infos.get("BtoA")}, f, indent=2)
         os.replace(tmp, out)
     except (OSError, generator_checkpoint.GeneratorCheckpointError) as e:
+        if _holds(out, names):  # another process (a second page started at once) converted the same meanwhile
+            return out
         raise PretrainedError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan import generator_loading, interop, pretrained, translate
+from jaxgan import generator_checkpoint, generator_loading, interop, pretrained, translate
 
 # As listed by the official scripts/download_cyclegan_model.sh.
 OFFICIAL = [
@@ -219,6 +219,25 @@ def test_two_downloads_of_one_model_at_once_transfer_it_once(nets, server, tmp_p
         t.join(timeout=60)
     assert results == [tmp_path / "horse2zebra.pth"] * 2 and results[0].read_bytes() == body
     assert server.log == [("/models/horse2zebra.pth", None)]
+
+
+def test_two_conversions_of_one_model_at_once_both_succeed(nets, server, tmp_path, monkeypatch):
+    # Two pages started together on one cache: both convert, the second to finish finds the first's result.
+    _serve(server, "horse2zebra", nets["horse2zebra"][1])
+    save = generator_checkpoint.save_generators_checkpoint
+    other = []
+
+    def the_other_process_finishes_first(*args, **kwargs):
+        if not other:
+            other.append(None)  # (the other's own conversion comes back here: it just saves)
+            other[0] = pretrained.fetch("horse2zebra", base_url=server.base_url, cache_dir=tmp_path, progress=False)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(generator_checkpoint, "save_generators_checkpoint", the_other_process_finishes_first)
+    out = pretrained.fetch("horse2zebra", base_url=server.base_url, cache_dir=tmp_path, progress=False)
+    assert out == other[0] == tmp_path / "converted" / "horse2zebra"
+    generator_loading.load_generator("AtoB", checkpoint_dir=str(out))
+    assert not list(out.parent.glob(".*.tmp"))  # the loser's own conversion is gone
 
 
 def test_restart_when_the_server_cannot_continue(nets, server, tmp_path):
