@@ -103,9 +103,13 @@ def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, 
     path = os.path.abspath(os.fspath(output_dir))
     model_cfg = load_model_config(path)
     failed_reads.quiet()
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(path)
-    params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(path)
+        params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: one line, not TensorStore's spec
+        why = failed_reads.describe(e)
+        raise GeneratorCheckpointError(f"the generator weights in {path} are unreadable ({why})") from e
     return params, model_cfg
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,17 @@ def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(t
         load_generator("AtoB", checkpoint_dir=path)
     with pytest.raises(GeneratorLoadError, match="is a generator checkpoint, not a training run: give it as --checkp"):
         load_generator("BtoA", workdir=path)
+
+
+def test_a_damaged_generator_checkpoint_is_one_short_line(tmp_path):
+    # A copy that lost its data folder (an interrupted transfer): TensorStore's error carries a page of spec.
+    path = pathlib.Path(generator_checkpoint.save_generator_checkpoint(_params(), "AtoB", CFG, tmp_path / "ckpt"))
+    shutil.rmtree(path / "d")
+    with pytest.raises(GeneratorLoadError) as e:
+        load_generator("AtoB", checkpoint_dir=path)
+    message = str(e.value)
+    assert message.startswith(f"Cannot read a generator checkpoint from {path}: the generator weights in {path} ")
+    assert "unreadable" in message and "tensorstore_spec" not in message and len(message) < 500, message
 
 
 @pytest.mark.parametrize(
