@@ -68,7 +68,12 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
                 return pil_to_rgb(upright(image))
     except FileNotFoundError as error:
         raise DataError(f"{label}: no such file") from error
-    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"{label}: too large to read ({error}); Pillow refuses such images as a guard against decompression "
+            "bombs. Shrink it with another tool first, or, if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from error
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError) as error:
         raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
     except Exception as error:  # Pillow on malformed files also raises struct.error, IndexError, ZeroDivisionError...
         raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error

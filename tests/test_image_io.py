@@ -145,3 +145,10 @@ def test_any_error_of_pillow_on_a_malformed_file_is_a_data_error(tmp_path, monke
     monkeypatch.setattr(image_io, "upright", broken)
     with pytest.raises(image_io.DataError, match=r"x\.png: not a readable image \(ZeroDivisionError"):
         image_io.decode_image(tmp_path / "x.png")
+
+
+def test_an_image_over_pillows_size_guard_says_it_is_too_large(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "panorama.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # 2,000 pixels: over twice the guard, an error
+    with pytest.raises(image_io.DataError, match=r"panorama\.png: too large to read \(Image size \(2000 pixels\)"):
+        image_io.decode_image(tmp_path / "panorama.png")
