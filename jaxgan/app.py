@@ -129,7 +129,8 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
     """
     path = pathlib.Path(checkpoint_dir).absolute()
     if not path.is_dir():
-        raise AppError(f"Checkpoint directory {path} does not exist.")
+        what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
+        raise AppError(f"Checkpoint directory {path} {what}.")
     if generator_loading.is_training_run(path):
         raise AppError(f"{path} is a training run: give it as --workdir {path}.")
     try:

@@ -163,7 +163,8 @@ def load(
         return LoadedGenerator(generator, params, model_cfg, f"the {used} weights of step {step} of {workdir}")
     path = pathlib.Path(checkpoint_dir)
     if not path.is_dir():
-        raise GeneratorLoadError(f"Checkpoint directory {path} does not exist.")
+        what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
+        raise GeneratorLoadError(f"Checkpoint directory {path} {what}.")
     if is_training_run(path):
         raise GeneratorLoadError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip

@@ -148,8 +148,8 @@ def _batches_by_size(
             img = _limit_size(image_io.load_image(f), max_size)
         except image_io.DataError as e:
             if skipped is None:
-                raise TranslateError(f"{f} is not a readable image: {e}") from e
-            skipped.append(f"{f}: {e}")
+                raise TranslateError(str(e)) from e  # (it names the file)
+            skipped.append(str(e))
             continue
         if tile and max(img.shape[:2]) > tile:
             yield [f], image_io.to_float(img[None])

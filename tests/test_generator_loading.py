@@ -71,6 +71,7 @@ def test_a_damaged_generator_checkpoint_is_one_short_line(tmp_path):
         ({"direction": "AtoB"}, "exactly one of --workdir"),
         ({"direction": "AtoB", "workdir": "a", "checkpoint_dir": "b"}, "exactly one of --workdir"),
         ({"direction": "AtoB", "checkpoint_dir": "{tmp}/missing"}, "does not exist"),
+        ({"direction": "AtoB", "checkpoint_dir": "{tmp}/a_file"}, "is a file, not a checkpoint directory"),
         ({"direction": "AtoB", "checkpoint_dir": "{tmp}/empty"}, "Cannot read a generator checkpoint"),
         ({"direction": "AtoB", "checkpoint_dir": "{tmp}/run"}, "is a training run: give it as --workdir"),
         ({"direction": "AtoB", "workdir": "{tmp}/empty"}, "No training run in"),
@@ -82,6 +83,7 @@ def test_a_damaged_generator_checkpoint_is_one_short_line(tmp_path):
 )
 def test_what_cannot_be_loaded_says_why(tmp_path, kwargs, message):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a checkpoint")
     _fake_run(tmp_path / "run")
     (_fake_run(tmp_path / "torn") / "config.json").write_text('{"model": {"ngf"')  # cut off mid-write
     (_fake_run(tmp_path / "other") / "config.json").write_text('["a list"]')  # another program's file
