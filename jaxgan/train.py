@@ -273,6 +273,7 @@ def generator_update(
 
     g_params = {k: state.params[k] for k in ("g_ab", "g_ba")}
     (_, (metrics, fakes)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_params)
+    metrics["grad_norm_g"] = optax.tree.norm(grads)  # both generators: a NaN here never reaches a checkpoint
     params, opt_state = _update(cfg, state.params, state.opt_state, grads)
     fakes = jax.tree_util.tree_map(jax.lax.stop_gradient, fakes)
     return state.replace(params=params, opt_state=opt_state), metrics, fakes
@@ -309,6 +310,7 @@ def discriminator_update(
 
     d_params = {k: state.params[k] for k in ("d_a", "d_b")}
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+    metrics["grad_norm_d"] = optax.tree.norm(grads)
     params, opt_state = _update(cfg, state.params, state.opt_state, grads)
     new_state = state.replace(params=params, opt_state=opt_state, pool_a=pool_a, pool_b=pool_b, rng=rng)
     return new_state, metrics
@@ -339,7 +341,8 @@ def train_step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Train
     Returns:
       The new state (``step + 1``) and a dict of float32 scalar metrics: the
       weighted loss terms, mean discriminator logits on real and (pooled) fake
-      images, and the learning rate used.
+      images, the global norms of the generators' and the discriminators'
+      gradients (``grad_norm_g``, ``grad_norm_d``), and the learning rate used.
 
     First both generators are updated (:func:`generator_update`), then both
     discriminators (:func:`discriminator_update`) on the fakes of the same

@@ -10,12 +10,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT
 
 from experiments.configs import horse2zebra
-from jaxgan import checkpoint, loop, results
+from jaxgan import checkpoint, loop, losses, results
 
 
 def tiny(**overrides):
@@ -196,6 +197,23 @@ def test_nan_stops_with_step_and_term_and_keeps_the_last_good_checkpoint(tmp_pat
     bad_step = int(proc.stderr.split("Training diverged at step ")[1].split(":")[0])
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) == bad_step - 1  # every checkpoint predates the bad step
+
+
+def test_a_nan_gradient_under_finite_losses_is_caught_before_its_checkpoint(tmp_path, monkeypatch):
+    # The losses of step 1 are computed before its update, so they are finite even when its gradients are not;
+    # the update then makes the weights NaN. The step's gradient norms catch it before step 1 is saved.
+    @jax.custom_vjp
+    def nan_gradient(x):
+        return x
+
+    nan_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.full_like(g, jnp.nan),))
+    l1 = losses.l1
+    monkeypatch.setattr(losses, "l1", lambda a, b: l1(nan_gradient(a), b))
+    config = tiny(num_train_steps=3, checkpoint_every_steps=1, log_every_steps=1, sample_every_steps=0)
+    config.lambda_cycle = 9.5  # a step of its own, traced with the patched loss (not one cached by other tests)
+    with pytest.raises(loop.TrainingDivergedError, match=r"diverged at step 1: grad_norm_g=nan is not finite"):
+        loop.train_and_evaluate(config, tmp_path)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):

@@ -62,6 +62,7 @@ def test_one_step_changes_all_params_and_opt_states():
     expected = {
         "loss_gan_ab", "loss_gan_ba", "loss_cycle_a", "loss_cycle_b", "loss_idt_ab", "loss_idt_ba",
         "loss_g_total", "loss_d_a", "loss_d_b", "d_a_real", "d_a_fake", "d_b_real", "d_b_fake", "lr",
+        "grad_norm_g", "grad_norm_d",
     }  # fmt: skip
     assert set(metrics) == expected
     assert all(bool(jnp.isfinite(v)) for v in metrics.values())
