@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from jaxgan import (
@@ -205,6 +206,12 @@ class Plan:
     destinations: dict[pathlib.Path, pathlib.Path]  # input image -> output PNG, in reading order
 
 
+def _image_suffixes() -> set[str]:
+    """The extensions of every image format Pillow knows (``.gif``, ``.jp2``, ...): an ``--output`` with one
+    names a file, not a folder."""
+    return set(image_io.IMAGE_EXTENSIONS) | {e.lower() for e in Image.registered_extensions()}
+
+
 def plan(inputs: str | pathlib.Path, output: str | pathlib.Path) -> Plan:
     """List the input images and their outputs; ``TranslateError`` for a missing input, no images, an
     unwritable output, or outputs that would collide or overwrite an input. A missing input leaves no
@@ -215,7 +222,7 @@ def plan(inputs: str | pathlib.Path, output: str | pathlib.Path) -> Plan:
     """
     inputs, output = pathlib.Path(inputs), pathlib.Path(output)
     files = _collect_inputs(inputs, output)
-    if output.suffix.lower() in image_io.IMAGE_EXTENSIONS and not output.is_dir():  # a file name
+    if output.suffix.lower() in _image_suffixes() and not output.is_dir():  # a file name
         if inputs.is_dir():
             raise TranslateError(f"--output {output} names an image file, but --input {inputs} is a folder: give "
                                  "an output folder (it is created if missing).")  # fmt: skip

@@ -98,13 +98,14 @@ def test_one_image_may_be_written_to_a_png_file_name(tmp_path):
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["zebra.png"]
     for inputs, output, says in (
         (tmp_path / "photo.jpg", "zebra.jpg", "translations are written as PNG; name it zebra.png"),
+        (tmp_path / "photo.jpg", "zebra.gif", "translations are written as PNG; name it zebra.png"),  # not a folder
         (tmp_path / "new", "all.png", "names an image file, but --input"),
         (tmp_path / "old.png", "old.png", "would overwrite it"),
         (tmp_path / "missing.jpg", "x.png", "does not exist"),
     ):
         with pytest.raises(translate.TranslateError, match=says):
             translate.plan(inputs, tmp_path / output)
-    assert not (tmp_path / "zebra.jpg").exists() and not (tmp_path / "all.png").exists()
+    assert not any((tmp_path / name).exists() for name in ("zebra.jpg", "zebra.gif", "all.png"))
     (tmp_path / "shots.png").mkdir()  # a folder named like an image is still a folder
     assert translate.plan(tmp_path / "photo.jpg", tmp_path / "shots.png").destinations == {
         tmp_path / "photo.jpg": tmp_path / "shots.png" / "photo.png"
