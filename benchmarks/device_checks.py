@@ -11,7 +11,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -43,11 +42,13 @@ def _nvidia_smi() -> dict[str, str]:
     return dict(zip(fields.split(","), (v.strip() for v in out[0].split(",")), strict=False))
 
 
-def matmul_flops(n: int, dtype: str, repeats: int = 10) -> float:
-    """FLOP/s of a jitted ``n x n x n`` matmul in ``dtype`` on the default device (median of ``repeats``).
+def matmul_flops(n: int, dtype: str, rounds: int = 5) -> float:
+    """FLOP/s of a jitted ``n x n x n`` matmul in ``dtype`` on the default device (the median round).
 
-    Random operands (zeros can run faster); float32 at JAX's default precision,
-    which on NVIDIA GPUs lets XLA use TF32 tensor cores, as it does for the step's convolutions.
+    Calls back to back, one wait a round (``common.throughput``): a wait after each call would count the host's
+    round trip and the clocks' ramp-up, and understate the peak the MFU is measured against. Random operands
+    (zeros can run faster); float32 at JAX's default precision, which on NVIDIA GPUs lets XLA use TF32 tensor
+    cores, as it does for the step's convolutions.
     """
     import jax
     import jax.numpy as jnp
@@ -56,13 +57,8 @@ def matmul_flops(n: int, dtype: str, repeats: int = 10) -> float:
     a = jax.random.normal(k1, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(k2, (n, n), jnp.dtype(dtype))
     mm = jax.jit(lambda x, y: x @ y)
-    mm(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        mm(a, b).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / float(np.median(times))
+    timing = common.throughput(lambda: mm(a, b), lambda out: out.block_until_ready(), target_s=0.3, rounds=rounds)
+    return 2 * n**3 / (timing["ms"] / 1e3)
 
 
 def stage_env(scale: Any) -> dict[str, Any]:

@@ -20,24 +20,26 @@ fi
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache
 
 # XLA's autotuning results per fusion, shared by the two processes and carried between sessions
-# (.devdata/xla_autotune, filled from the last session's xla_autotune.tar by prepare_device.sh).
-CACHE=$PWD/.devdata/xla_autotune
-mkdir -p "$CACHE"
-export XLA_FLAGS="--xla_gpu_per_fusion_autotune_cache_dir=$CACHE"
-if [ -n "$DRY_FLAG" ] || ! "$PY" -c "import jax; jax.devices()" >/dev/null 2>&1; then
-  echo "no XLA:GPU autotuning cache (dry run, or this XLA rejects --xla_gpu_per_fusion_autotune_cache_dir)"
-  unset XLA_FLAGS
-fi
+# (.devdata/xla_autotune, filled from the last session's xla_autotune.tar by prepare_device.sh). With the
+# persistent compilation cache on, JAX points XLA's autotuning cache at this folder of it for every compile
+# (jax_persistent_cache_enable_xla_caches; it overrides an --xla_gpu_per_fusion_autotune_cache_dir in
+# XLA_FLAGS), so the carried results are put there.
+CACHE=$JAX_COMPILATION_CACHE_DIR/xla_gpu_per_fusion_autotune_cache_dir
+mkdir -p "$CACHE" .devdata/xla_autotune
+cp -r .devdata/xla_autotune/. "$CACHE"/
 echo "autotune cache: $(find "$CACHE" -type f | wc -l) entries at start"
 
 timeout 400 "$PY" -m benchmarks.device_suite --out "$OUT" --budget-s 360 --data folder:.devdata/horse2zebra \
   --skip runner $DRY_FLAG
 "$PY" -m benchmarks.quality_gpu --out "$OUT" --data folder:.devdata/horse2zebra --deadline $((T0 + 570)) \
   --suite-json "$OUT/device_suite.json" $DRY_FLAG > /tmp/quality.log 2>&1
-echo "quality run exit $?; its last lines:"
-tail -c 3000 /tmp/quality.log | tr '\r' '\n' | tail -5
+rc=$?
+echo "quality run exit $rc; its last lines:"
+# (Its log stays on the device, and $OUT holds 8 files at most: a failure shows its traceback here.)
+tail -c 6000 /tmp/quality.log | tr '\r' '\n' | tail -n "$([ "$rc" = 0 ] && echo 5 || echo 40)"
 
 echo "autotune cache: $(find "$CACHE" -type f | wc -l) entries at the end"
-tar -C "$CACHE" -cf "$OUT/xla_autotune.tar" . && [ "$(stat -c %s "$OUT/xla_autotune.tar")" -lt 16000000 ] \
+# (At most 12 MB: with the translations' 45 MiB and the rest, what comes back stays under the tool's 64 MiB.)
+tar -C "$CACHE" -cf "$OUT/xla_autotune.tar" . && [ "$(stat -c %s "$OUT/xla_autotune.tar")" -lt 12000000 ] \
   || rm -f "$OUT/xla_autotune.tar"
 cat "$OUT/device_suite.md" 2>/dev/null | head -80

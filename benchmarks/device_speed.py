@@ -155,20 +155,23 @@ def stage_torch(scale: Any, budget_s: float) -> dict[str, Any]:
 # The runner end to end on real images.
 
 
-def runner_rates(logs: list[tuple[int, float, float]], batch: int, sample_every: int) -> dict[str, float]:
+def runner_rates(
+    logs: list[tuple[int, float, float]], batch: int, sample_every: int, one_off_steps: tuple[int, ...] = ()
+) -> dict[str, float]:
     """Images/s from the runner's logging intervals ``(step, images_per_s, time)``.
 
     ``images_per_s``: the steady state, over every interval after the first (which
     holds the step's compilation) except the one with the first sample (which
-    compiles the sample function); ``images_per_s_all``: over every interval after
-    the first; ``images_per_s_median_interval``: the median interval.
+    compiles the sample function) and those with a step of ``one_off_steps`` (e.g. a
+    profile's first and last: starting and writing the trace); ``images_per_s_all``:
+    over every interval after the first; ``images_per_s_median_interval``: the median interval.
     """
     out: dict[str, float] = {}
     if len(logs) < 3:
         return out
     intervals = [(prev[0], cur[0], cur[2] - prev[2]) for prev, cur in itertools.pairwise(logs)]
-    first_sample = sample_every if sample_every > 0 else -1
-    steady = [iv for iv in intervals if not iv[0] < first_sample <= iv[1]]
+    one_off = (*one_off_steps, *((sample_every,) if sample_every > 0 else ()))
+    steady = [iv for iv in intervals if not any(iv[0] < s <= iv[1] for s in one_off)]
     out["images_per_s"] = round(sum(b - a for a, b, _ in steady) * batch / sum(t for _, _, t in steady), 2)
     out["images_per_s_all"] = round(sum(b - a for a, b, _ in intervals) * batch / sum(t for _, _, t in intervals), 2)
     out["images_per_s_median_interval"] = round(statistics.median(v for _, v, _ in logs[1:]), 2)

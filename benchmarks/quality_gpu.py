@@ -82,14 +82,21 @@ def _suite_rate(path: str | None, batch: int, dtype: str) -> float | None:
     return None
 
 
-def end_to_end(intervals: list[tuple[int, float, float]], batch: int, suite_json: str | None, dtype: str) -> dict:
+PROFILE_STEPS = (40, 42)  # a profiler trace of these steps checks jax.profiler on the device
+
+
+def end_to_end(
+    intervals: list[tuple[int, float, float]], batch: int, suite_json: str | None, dtype: str, profiled: bool = False
+) -> dict:
     """The run's steady images/s (``device_speed.runner_rates``) against the suite's step alone at this batch.
 
+    ``profiled``: the run traced :data:`PROFILE_STEPS`; the intervals that started and wrote the trace are left out.
     ``paper_schedule_minutes``: the paper schedule (200 epochs of horse2zebra) at this run's own end-to-end rate.
     """
     from benchmarks import device_report, device_speed
 
-    rates: dict[str, Any] = dict(device_speed.runner_rates(intervals, batch, sample_every=0))
+    one_off = PROFILE_STEPS if profiled else ()
+    rates: dict[str, Any] = dict(device_speed.runner_rates(intervals, batch, sample_every=0, one_off_steps=one_off))
     if rates.get("images_per_s"):
         rates["paper_schedule_minutes"] = round(device_report.PAPER_IMAGES / rates["images_per_s"] / 60, 1)
     if suite_json and os.path.isfile(suite_json) and "images_per_s" in rates:
@@ -117,8 +124,8 @@ def make_config(args: argparse.Namespace, plan: dict[str, int]) -> Any:
     config.keep_checkpoints = 1
     config.results_max_images = 4  # the full translations are made below, with both weights
     config.results_fid = False
-    if plan["steps"] > 100:  # a profiler trace of three steps: checks jax.profiler on the device
-        config.profile_steps = "40..42"
+    if plan["steps"] > 100:
+        config.profile_steps = "{}..{}".format(*PROFILE_STEPS)
     return config
 
 
@@ -161,7 +168,8 @@ def write_translations(out: pathlib.Path, sets: dict[tuple[str, str], tuple[list
             blobs = [
                 (f"{label}/{direction}/{pathlib.Path(n).stem}.{ext}", b) for n, b in zip(names, encoded, strict=True)
             ]
-            if buf.tell() + sum(len(b) + 1024 for _, b in blobs) > TRANSLATION_BYTES:
+            # (each member: a 512-byte header and padding; the end: up to one tar record of padding)
+            if buf.tell() + sum(len(b) + 1024 for _, b in blobs) + tarfile.RECORDSIZE > TRANSLATION_BYTES:
                 dropped.append(f"{label}/{direction}")
                 continue
             for name, blob in blobs:
@@ -277,7 +285,7 @@ def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
         "total_wall_s": round(time.time() - start, 1),
         "device": jax.devices()[0].device_kind,
         "profile_files": profile_files,
-        "end_to_end": end_to_end(intervals, args.batch, args.suite_json, args.dtype),
+        "end_to_end": end_to_end(intervals, args.batch, args.suite_json, args.dtype, bool(config.profile_steps)),
         "last_log": logs[-1] if logs else None,
         "logs": logs[-40:],
         "translations": files,

@@ -67,7 +67,8 @@ class ImagePool:
 
 # How a PyTorch user runs the iteration on a GPU:
 #   official: as the official code (eager, float32 with PyTorch's default TF32 convolutions, NCHW,
-#             cudnn.benchmark off, the default Adam);
+#             cudnn.benchmark on, as its BaseModel sets it for every preprocess but scale_width, the
+#             default Adam);
 #   strong:   AMP bfloat16 autocast, channels_last, cudnn.benchmark, fused Adam;
 #   compiled: strong, and each network through torch.compile.
 MODES = ("official", "strong", "compiled")
@@ -103,8 +104,8 @@ class CycleGANIteration:
         self.torch, self.device, self.mode = torch, torch.device(device), mode
         cuda = self.device.type == "cuda"
         strong = mode != "official"
-        if cuda:
-            torch.backends.cudnn.benchmark = strong
+        if cuda:  # (the official BaseModel turns cuDNN's autotuning on for fixed-size crops)
+            torch.backends.cudnn.benchmark = True
         self.memory_format = torch.channels_last if strong else torch.contiguous_format
         ngf, n_blocks, ndf = nets
         self.g_a, self.g_b = (torch_replica.ResnetGenerator(ngf, n_blocks) for _ in range(2))

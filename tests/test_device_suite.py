@@ -4,6 +4,7 @@ and the arithmetic behind their numbers."""
 import json
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -48,6 +49,9 @@ def test_runner_rates_leave_out_one_off_compilations():
     assert rates["images_per_s"] == pytest.approx(40 / 2.0)  # steps 20..40 in 2 s
     assert rates["images_per_s_all"] == pytest.approx(60 / 12.0)
     assert device_speed.runner_rates(logs[:2], 2, 20) == {}
+    # A profile of steps 25..32 (its start and its end are one-off costs): steps 20..30 and 30..40 left out too.
+    slow = [(10, 1.0, 100.0), (20, 20.0, 101.0), (30, 2.0, 111.0), (40, 2.0, 121.0), (50, 20.0, 122.0)]
+    assert device_speed.runner_rates(slow, 2, 0, one_off_steps=(25, 32))["images_per_s"] == pytest.approx(40 / 2.0)
 
 
 def _fake_results():
@@ -165,11 +169,13 @@ def test_translations_round_trip_losslessly_and_drop_what_does_not_fit(tmp_path,
     np.testing.assert_array_equal(back["ema/BtoA"]["x2"], images[2])  # lossless
     lossy = back["raw_q95/BtoA"]["x2"].astype(int)
     assert lossy.shape == images[2].shape and np.abs(lossy - images[2]).mean() < 6
-    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", 2 * 2600)  # room for some sets only
+    limit = 2 * 2600 + tarfile.RECORDSIZE  # room for some sets only, and the tar's end
+    monkeypatch.setattr(quality_gpu, "TRANSLATION_BYTES", limit)
     for p in tmp_path.glob("*.part*"):
         p.unlink()
     files = quality_gpu.write_translations(tmp_path, sets)
     assert files["kept"][0] == "ema/AtoB" and files["dropped"] and files["dropped"][-1] == "ema_q95/BtoA"
+    assert files["bytes"] <= limit  # the parts that come back: never one more than planned
 
 
 def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_path):
