@@ -121,7 +121,7 @@ def _torch_conv_transpose(p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]
 # ---------------------------------------------------------------------------
 # Generator
 
-_BLOCK_RE = re.compile(r"^model\.(\d+)\.conv_block\.1\.weight$")
+_BLOCK_RE = re.compile(r"^model\.(\d+)\.conv_block\.")  # any key of a residual block (its missing ones named later)
 
 
 def infer_generator_config(state_dict: Mapping[str, Any]) -> tuple[int, int]:
@@ -138,7 +138,7 @@ def infer_generator_config(state_dict: Mapping[str, Any]) -> tuple[int, int]:
             "is this an official ResNet generator (netG resnet_9blocks / resnet_6blocks)?"
         )
     ngf = int(sd["model.1.weight"].shape[0])
-    blocks = sorted(int(m.group(1)) for k in sd if (m := _BLOCK_RE.match(k)))
+    blocks = sorted({int(m.group(1)) for k in sd if (m := _BLOCK_RE.match(k))})
     if not blocks:
         raise InteropError("state dict has no residual blocks ('model.10.conv_block.1.weight' missing)")
     if blocks != list(range(10, 10 + len(blocks))):
