@@ -233,46 +233,53 @@ def _apply_d(cfg: StepConfig, params: PyTree, x: jax.Array) -> jax.Array:
     return cfg.discriminator.apply({"params": params}, x)
 
 
+def generator_objective(
+    cfg: StepConfig, g_params: dict[str, PyTree], d_params: dict[str, PyTree], real_a: jax.Array, real_b: jax.Array
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+    """The generators' loss, a function of their parameters ``{"g_ab", "g_ba"}`` (differentiate this).
+
+    Adversarial (each G against the given D of its target domain, ``d_params["d_b"]`` / ``["d_a"]``) +
+    lambda_cycle * L1 cycle terms + lambda_cycle * lambda_identity * L1 identity terms (skipped, with
+    their two forward passes, when lambda_identity == 0).
+
+    Returns:
+      (total, (the weighted terms and ``loss_g_total``, fakes ``{"A": F(B), "B": G(A)}`` in the compute dtype)).
+    """
+    # One call per use, as the official code. Concatenating the calls that share parameters into
+    # one batch is exact too (instance norm is per sample), but measured 2-13% slower per step on
+    # XLA:CPU (128x128 / 256x256, batch 1; benchmarks/RESULTS.md).
+    fake_b = _apply_g(cfg, g_params["g_ab"], real_a)
+    fake_a = _apply_g(cfg, g_params["g_ba"], real_b)
+    rec_a = _apply_g(cfg, g_params["g_ba"], fake_b)
+    rec_b = _apply_g(cfg, g_params["g_ab"], fake_a)
+    terms = {
+        "loss_gan_ab": losses.generator_loss(_apply_d(cfg, d_params["d_b"], fake_b), cfg.gan_mode),
+        "loss_gan_ba": losses.generator_loss(_apply_d(cfg, d_params["d_a"], fake_a), cfg.gan_mode),
+        "loss_cycle_a": cfg.lambda_cycle * losses.l1(rec_a, real_a),
+        "loss_cycle_b": cfg.lambda_cycle * losses.l1(rec_b, real_b),
+    }
+    if cfg.lambda_identity > 0:
+        w = cfg.lambda_cycle * cfg.lambda_identity
+        terms["loss_idt_ab"] = w * losses.l1(_apply_g(cfg, g_params["g_ab"], real_b), real_b)
+        terms["loss_idt_ba"] = w * losses.l1(_apply_g(cfg, g_params["g_ba"], real_a), real_a)
+    total = sum(terms.values())
+    return total, ({**terms, "loss_g_total": total}, {"A": fake_a, "B": fake_b})
+
+
 def generator_update(
     state: TrainState, batch: dict[str, jax.Array]
 ) -> tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]:
-    """Update ``g_ab`` and ``g_ba`` (each with its own Adam); D parameters are only read.
-
-    Loss: adversarial (each G against the current D of its target domain) +
-    lambda_cycle * L1 cycle terms + lambda_cycle * lambda_identity * L1 identity
-    terms (skipped, with their two forward passes, when lambda_identity == 0).
+    """Update ``g_ab`` and ``g_ba`` (each with its own Adam) on :func:`generator_objective`; D parameters are
+    only read.
 
     Returns:
       (state with new G params/opt states, metrics, fakes ``{"A": F(B), "B": G(A)}``
       in the compute dtype, without gradient).
     """
     cfg = state.config
-    real_a, real_b = batch["A"], batch["B"]
-    use_idt = cfg.lambda_identity > 0
-
-    def loss_fn(g_params):
-        # One call per use, as the official code. Concatenating the calls that share parameters into
-        # one batch is exact too (instance norm is per sample), but measured 2-13% slower per step on
-        # XLA:CPU (128x128 / 256x256, batch 1; benchmarks/RESULTS.md).
-        fake_b = _apply_g(cfg, g_params["g_ab"], real_a)
-        fake_a = _apply_g(cfg, g_params["g_ba"], real_b)
-        rec_a = _apply_g(cfg, g_params["g_ba"], fake_b)
-        rec_b = _apply_g(cfg, g_params["g_ab"], fake_a)
-        terms = {
-            "loss_gan_ab": losses.generator_loss(_apply_d(cfg, state.params["d_b"], fake_b), cfg.gan_mode),
-            "loss_gan_ba": losses.generator_loss(_apply_d(cfg, state.params["d_a"], fake_a), cfg.gan_mode),
-            "loss_cycle_a": cfg.lambda_cycle * losses.l1(rec_a, real_a),
-            "loss_cycle_b": cfg.lambda_cycle * losses.l1(rec_b, real_b),
-        }
-        if use_idt:
-            w = cfg.lambda_cycle * cfg.lambda_identity
-            terms["loss_idt_ab"] = w * losses.l1(_apply_g(cfg, g_params["g_ab"], real_b), real_b)
-            terms["loss_idt_ba"] = w * losses.l1(_apply_g(cfg, g_params["g_ba"], real_a), real_a)
-        total = sum(terms.values())
-        return total, ({**terms, "loss_g_total": total}, {"A": fake_a, "B": fake_b})
-
-    g_params = {k: state.params[k] for k in ("g_ab", "g_ba")}
-    (_, (metrics, fakes)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_params)
+    g_params = {k: state.params[k] for k in GENERATORS}
+    objective = functools.partial(generator_objective, cfg, d_params=state.params, real_a=batch["A"], real_b=batch["B"])
+    (_, (metrics, fakes)), grads = jax.value_and_grad(objective, has_aux=True)(g_params)
     metrics["grad_norm_g"] = optax.tree.norm(grads)  # both generators: a NaN here never reaches a checkpoint
     params, opt_state = _update(cfg, state.params, state.opt_state, grads)
     fakes = jax.tree_util.tree_map(jax.lax.stop_gradient, fakes)

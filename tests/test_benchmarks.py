@@ -120,3 +120,14 @@ def test_export_speed_times_three_runtimes_that_agree(capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["runtime"] for line in lines] == ["jaxgan", "stablehlo", "onnxruntime"]
     assert all(line["ms_median"] > 0 and line["max_abs_diff_vs_jaxgan"] <= 1e-4 for line in lines)
+
+
+def test_half_precision_compares_each_dtype_with_float32(capsys):
+    from benchmarks import half_precision
+
+    assert half_precision.main(["--size", "32", "--batch", "1", "--ngf", "4", "--n-blocks", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["dtype"], r["loss_scale"]) for r in rows] == [("bfloat16", 1.0), ("float16", 1.0), ("float16", 1024.0)]
+    # 18 parameters once the inert biases are left out; half precision differs from float32, but not wildly
+    assert all(r["parameters"] == 18 and 0 < r["median_rel_error"] <= r["max_rel_error"] < 1 for r in rows)
+    assert rows[1]["median_rel_error"] < rows[0]["median_rel_error"]  # float16's 10-bit mantissa beats bf16's 7
