@@ -291,7 +291,7 @@ def _train_and_evaluate(
                                         G=f"{mean['loss_g_total']:.3f}",
                                         D=f"{mean['loss_d_a'] + mean['loss_d_b']:.3f}")  # fmt: skip
                         if step % log_every == 0:
-                            log.info("step %d epoch %d lr %.3g | G %.3f (cyc %.3f, idt %.3f) | D_A %.3f D_B %.3f "
+                            log.info("step %d epoch %d lr %.3g | G %.3f (cyc %.3f, idt %.3f) | d_a %.3f d_b %.3f "
                                      "| %.1f img/s", step, epoch, mean["lr"], mean["loss_g_total"],
                                      mean["loss_cycle_a"] + mean["loss_cycle_b"],
                                      mean.get("loss_idt_ab", 0.0) + mean.get("loss_idt_ba", 0.0),
