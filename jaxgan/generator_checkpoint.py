@@ -108,8 +108,7 @@ def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, 
             tree = ckptr.restore(path)
         params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
     except Exception as e:  # noqa: BLE001 - a damaged checkpoint: one line, not TensorStore's spec
-        why = failed_reads.describe(e)
-        raise GeneratorCheckpointError(f"the generator weights in {path} are unreadable ({why})") from e
+        raise GeneratorCheckpointError(f"its weights are unreadable ({failed_reads.describe(e)})") from e
     return params, model_cfg
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # the official ones but PPM, and WebP
 
@@ -73,9 +73,9 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
             f"{label}: too large to read ({error}); Pillow refuses such images as a guard against decompression "
             "bombs. Shrink it with another tool first, or, if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
         ) from error
-    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError) as error:
-        raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
-    except Exception as error:  # Pillow on malformed files also raises struct.error, IndexError, ZeroDivisionError...
+    except MemoryError:
+        raise
+    except Exception as error:  # OSError, ValueError, ..., and on malformed files struct.error, ZeroDivisionError...
         raise DataError(f"{label}: not a readable image ({type(error).__name__}: {error})") from error
 
 

@@ -293,7 +293,7 @@ def fetch(
     out = pathlib.Path(output).expanduser().absolute() if output else cache / "converted" / "+".join(names.values())
     if _holds(out, names):
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not _holds(out, names):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PretrainedError(f"output {out} already exists and holds something else; give a new directory")
     output_files.writable_folder(out.parent, PretrainedError)  # before any download
     generators, infos, configs = {}, {}, []

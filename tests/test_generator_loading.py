@@ -60,8 +60,8 @@ def test_a_damaged_generator_checkpoint_is_one_short_line(tmp_path):
     with pytest.raises(GeneratorLoadError) as e:
         load_generator("AtoB", checkpoint_dir=path)
     message = str(e.value)
-    assert message.startswith(f"Cannot read a generator checkpoint from {path}: the generator weights in {path} ")
-    assert "unreadable" in message and "tensorstore_spec" not in message and len(message) < 500, message
+    assert message.startswith(f"Cannot read a generator checkpoint from {path}: its weights are unreadable (")
+    assert message.count(str(path)) <= 2 and "tensorstore_spec" not in message and len(message) < 500, message
 
 
 @pytest.mark.parametrize(

@@ -163,15 +163,29 @@ def test_process_shards_cover_the_stream(tmp_path, process_count, sizes):
         shards = shard_count(size, 4)  # 12: 4 shards, 6: 2; 9 and 7 images are not split (each process all)
         for p, part in enumerate(parts):
             rows = range(p * part.local_batch_size, (p + 1) * part.local_batch_size)
-            own = {i for i in range(size) if i % shards in {r % shards for r in rows}}
+            own = {i for i in range(size) if i % shards in {r // (4 // shards) for r in rows}}
             assert set(part.cached_indices[key]) == own
-        if shards == 4:  # one shard per row: the processes hold disjoint parts
+        if shards >= process_count:  # the rows of a shard are contiguous: the processes hold disjoint parts
             assert sum(len(part.cached_indices[key]) for part in parts) == size
     for step in (0, 1, 2, 3, 7):  # across epoch boundaries
         whole = single.batch(step)
         local = [p.batch(step) for p in parts]
         for key in "AB":
             np.testing.assert_array_equal(np.concatenate([b[key] for b in local]), whole[key])
+
+
+def test_fewer_shards_than_rows_still_split_the_domain_between_processes(tmp_path):
+    # 20 images at batch 8: 4 shards of 5, each shown by 2 neighbouring rows; 2 processes hold 2 shards each.
+    config = make_config(f"folder:{make_folder(tmp_path, {'trainA': 20, 'trainB': 20})}", batch_size=8, seed=2)
+    assert shard_count(20, 8) == 4
+    parts = [input_pipeline.create_train_stream(config, process_index=p, process_count=2) for p in range(2)]
+    assert [sorted(p.cached_indices["A"]) for p in parts] == [
+        [i for i in range(20) if i % 4 in (0, 1)],
+        [i for i in range(20) if i % 4 in (2, 3)],
+    ]
+    single = input_pipeline.create_train_stream(config)
+    for step in (0, 2, 3, 5):
+        np.testing.assert_array_equal(np.concatenate([p.batch(step)["B"] for p in parts]), single.batch(step)["B"])
 
 
 def test_every_image_is_shown_equally_often_when_the_batch_does_not_divide_the_domain(tmp_path):
@@ -305,16 +319,19 @@ def test_a_row_whose_images_are_all_unreadable_draws_from_all(tmp_path, caplog):
     for name in ("img_001.png", "img_005.png"):
         (tmp_path / "trainB" / name).write_bytes(b"not a png")
     caplog.set_level(logging.WARNING, logger="jaxgan.data")
-    stream = input_pipeline.create_train_stream(make_config(f"folder:{root}", batch_size=4))
+    config = make_config(f"folder:{root}", batch_size=4)
+    stream = input_pipeline.create_train_stream(config)
     messages = [r.getMessage() for r in caplog.records]
-    assert any(
-        "images i of trainB with i % 4 in {1} (those that the rows r with the same r % 4 show) are all unreadable" in m
-        for m in messages
-    ), messages
+    assert any("The images i of trainB with i % 4 in {1} are all unreadable; the rows of the batch that show them "
+               "draw from all readable images" in m for m in messages), messages  # fmt: skip
     assert any("Skipped 2 of 8 image files of trainB" in m for m in messages), messages
-    drawn = {int(i) for step in range(30) for i in stream.image_indices(step)["B"]}
-    assert drawn == {0, 2, 3, 4, 6, 7}  # every readable image, by every row; never the bad ones
+    drawn = [{int(stream.image_indices(step)["B"][row]) for step in range(40)} for row in range(4)]
+    assert drawn == [{0, 4}, {0, 2, 3, 4, 6, 7}, {2, 6}, {3, 7}]  # row 1: every readable image; never a bad one
     assert stream.batch(0)["B"].shape == (4, 32, 32, 3)
+    # The same batches with the rows split between processes (the one holding row 1 reads the others' images).
+    parts = [input_pipeline.create_train_stream(config, process_index=p, process_count=2) for p in range(2)]
+    for step in range(6):
+        np.testing.assert_array_equal(np.concatenate([p.batch(step)["B"] for p in parts]), stream.batch(step)["B"])
 
 
 def test_a_domain_of_only_bad_files_is_a_clear_error(tmp_path):

@@ -11,12 +11,13 @@ uninterrupted run saw.
 
 Multi-process: each domain is split into ``S`` shards (image ``i`` in shard ``i % S``), ``S`` being
 the largest divisor of the global batch whose shards hold equally many images, or so many that one
-image more in some shards shows their images at most 1% less often (:func:`shard_count`). Row ``r``
-of the global batch only ever shows images of shard ``r % S``, so each process decodes and caches
-only the shards of its own rows and yields its contiguous block of rows; stacking the blocks of all
-processes gives exactly the batch one process would produce for the same global batch size. Where
-all images of a shard are unreadable (a small domain with bad files), every row draws from every
-readable image instead, with a warning.
+image more in some shards shows their images at most 1% less often (:func:`shard_count`). The rows of
+the global batch are cut into ``S`` contiguous blocks of ``batch / S``, and the rows of block ``s`` only
+ever show images of shard ``s``, so each process decodes and caches only the shards of its own rows
+(a ``1/P`` share where ``S >= P``) and yields its contiguous block of rows; stacking the blocks of all
+processes gives exactly the batch one process would produce for the same global batch size. Where all
+images of a shard are unreadable (a small domain with bad files), the rows of that shard draw from all
+readable images instead, with a warning, in every process alike.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class _Domain:
     """One training domain as this process holds it."""
 
     size: int  # images listed (valid or not): defines the epoch length and the shards
-    num_shards: int  # shard_count(size, batch); 1 when a shard's images are all unreadable
-    shards: dict[int, np.ndarray]  # shard id -> readable global indices (only the shards this process needs)
+    num_shards: int  # shard_count(size, batch): row r shows shard r // (batch // num_shards)
+    shards: dict[int, np.ndarray]  # shard id -> readable global indices (the shards this process needs; an
+    # unreadable shard: every readable image)
     cache: dict[int, np.ndarray]  # global index -> prepared uint8[H, W, 3]
 
 
@@ -113,17 +115,18 @@ class TrainStream:
 
         Whole shuffled passes over the shard's images, fresh every epoch, cut at the epoch's slots: every
         image is shown at least once, and the slots beyond a whole pass go to a random choice of images. The
-        rows that share the shard take turns: row ``r`` at step ``k`` takes slot ``k * rows_per_shard + r //
-        num_shards``, so within an epoch they show different images as far as the shard allows.
+        rows that share the shard take turns: row ``r`` at step ``k`` takes slot ``k * rows_per_shard + r %
+        rows_per_shard``, so within an epoch they show different images as far as the shard allows.
         """
         key = (epoch, shard)
         if key not in self._orders:
-            if len(self._orders) > 64:  # the current epoch's shards are all that is used again
+            if any(e != epoch for e, _ in self._orders):  # only the current epoch's orders are used again
                 self._orders.clear()
             domain = self._domains["A"]
             images = len(domain.shards[shard])
             slots = self.steps_per_epoch * (self.global_batch_size // domain.num_shards)
-            # (Shard 0 keeps the seed of earlier versions: where A is the larger domain, a batch-1 run keeps its order.)
+            # (Shard 0 keeps the seed of earlier versions: where A is the larger domain and all of it is readable,
+            # a batch-1 run keeps its order.)
             rng = np.random.default_rng([self._seed, _EPOCH_ORDER_TAG, epoch, *([shard] if shard else [])])
             passes = [rng.permutation(images) for _ in range(-(-slots // images))]
             self._orders[key] = np.concatenate(passes)[:slots]
@@ -146,12 +149,12 @@ class TrainStream:
         for key in ("A", "B"):
             domain = self._domains[key]
             chosen = np.empty(len(self._rows), np.int64)
+            rows_per_shard = self.global_batch_size // domain.num_shards
             for i, row in enumerate(self._rows):
-                shard = domain.shards[row % domain.num_shards]
+                shard = domain.shards[row // rows_per_shard]
                 if key == "A":
-                    rows_per_shard = self.global_batch_size // domain.num_shards
-                    slot = k * rows_per_shard + row // domain.num_shards
-                    position = self._epoch_order(epoch, row % domain.num_shards)[slot]
+                    slot = k * rows_per_shard + row % rows_per_shard
+                    position = self._epoch_order(epoch, row // rows_per_shard)[slot]
                 else:
                     position = min(int(pick_b[row] * len(shard)), len(shard) - 1)
                 chosen[i] = shard[position]
@@ -270,28 +273,25 @@ def create_train_stream(
         split = f"train{key}"
         size = source.count(split)
         num_shards = shard_count(size, batch_size)
-        needed = {row % num_shards for row in rows}
+        needed = sorted({row // (batch_size // num_shards) for row in rows})
         wanted = [i for i in range(size) if i % num_shards in needed]
         loaded = loading.load_split(source, split, wanted, prepare, crop_size)
-        empty = sorted(needed - {i % num_shards for i in loaded.images})
-        if empty:  # a row would have nothing to show: every row draws from every readable image instead
+        shards = {s: np.array([i for i in sorted(loaded.images) if i % num_shards == s], np.int64) for s in needed}
+        empty = [s for s in needed if not len(shards[s])]
+        if empty:  # their rows would have nothing to show: they draw from every readable image instead
             _log.warning(
-                "The images i of %s with i %% %d in {%s} (those that the rows r with the same r %% %d show) are all "
-                "unreadable; every row draws from all readable images of %s instead",
+                "The images i of %s with i %% %d in {%s} are all unreadable; the rows of the batch that show them "
+                "draw from all readable images of %s instead",
                 split,
                 num_shards,
                 ", ".join(map(str, empty)),
-                num_shards,
                 split,
             )
             rest = [i for i in range(size) if i % num_shards not in needed]
             loaded.add(loading.load_split(source, split, rest, prepare, crop_size))
-            num_shards, needed, wanted = 1, {0}, list(range(size))
+            wanted = list(range(size))
+            shards.update({s: np.array(sorted(loaded.images), np.int64) for s in empty})
         loading.report(source, split, loaded, len(wanted), crop_size)  # DataError if none is readable
-        shards = {
-            shard: np.array([i for i in sorted(loaded.images) if i % num_shards == shard], dtype=np.int64)
-            for shard in sorted(needed)
-        }
         domains[key] = _Domain(size=size, num_shards=num_shards, shards=shards, cache=loaded.images)
         nbytes = sum(image.nbytes for image in loaded.images.values())
         _log.info(
