@@ -5,15 +5,17 @@ same device. Stages, in order (each recorded as it finishes, so a failure or the
 time budget loses only what comes after):
 
 1. ``env``: jax/jaxlib versions, device kind, driver, memory; measured bf16 and float32 matmul rates;
-2. ``correctness``: every conv form against ``native`` (values and gradients); one train step on the
-   device against the same step on the host CPU; bf16 against float32 translations (PSNR);
+2. ``step``: the train step at 256x256, one case after the other, float32 and bf16: ms, images/s,
+   MFU (over the datasheet peak and over the measured matmul rate), planned and peak memory;
 3. ``torch``: the PyTorch replica as the official code runs it (eager float32) and in the strongest
    forms (AMP bf16 + channels_last + cudnn.benchmark + fused Adam; and torch.compile), in a child process;
-4. ``forms``: every distinct layer's forward + backward in each conv form: the data behind ``conv_forms.AUTO``;
-5. ``step``: the train step at each batch and the largest that fits, float32 and bf16: ms, images/s,
-   MFU (over the datasheet peak and over the measured matmul rate), planned and peak memory;
-6. ``runner``: ``loop.train_and_evaluate`` on real images, end-to-end images/s against the step alone;
-7. ``translate``: generator throughput at 256 and 512, batch 32, bf16.
+4. ``step_max``: the largest batch that fits, per dtype;
+5. ``translate``: generator throughput at 256 and 512, batch 32, bf16;
+6. ``correctness``: every conv form against ``native`` (values and gradients); one train step on the
+   device against the same step on the host CPU; bf16 against float32 translations (PSNR);
+7. ``runner``: ``loop.train_and_evaluate`` on real images, end-to-end images/s against the step alone;
+8. ``forms`` (only when asked for): every distinct layer's forward + backward in each conv form: the data
+   behind ``conv_forms.AUTO``.
 
 Then the projected time of the paper schedule (200 epochs of horse2zebra, 266,800 image pairs).
 The stages live in ``device_checks`` (env, correctness), ``device_step`` (step) and ``device_speed``
@@ -128,7 +130,8 @@ DRY_RUN = Scale(
 MIN_SECONDS = {
     "env": 5, "step": 75, "torch": 30, "step_max": 75, "correctness": 30, "runner": 60, "translate": 30, "forms": 60,
 }  # fmt: skip
-STAGES = ("env", "step", "torch", "step_max", "correctness", "runner", "translate", "forms")
+# The numbers the device has not given yet first (the correctness stage passed on the H200 on 2026-11-30).
+STAGES = ("env", "step", "torch", "step_max", "translate", "correctness", "runner", "forms")
 DEFAULT_STAGES = STAGES[:-1]  # the per-layer form table (behind conv_forms.AUTO) only when asked for
 
 
