@@ -171,7 +171,7 @@ def runner_rates(
         return out
     intervals = [(prev[0], cur[0], cur[2] - prev[2]) for prev, cur in itertools.pairwise(logs)]
     one_off = (*one_off_steps, *((sample_every,) if sample_every > 0 else ()))
-    steady = [iv for iv in intervals if not any(iv[0] < s <= iv[1] for s in one_off)]
+    steady = [iv for iv in intervals if not any(iv[0] < s <= iv[1] for s in one_off)] or intervals  # (all one-off)
     out["images_per_s"] = round(sum(b - a for a, b, _ in steady) * batch / sum(t for _, _, t in steady), 2)
     out["images_per_s_all"] = round(sum(b - a for a, b, _ in intervals) * batch / sum(t for _, _, t in intervals), 2)
     out["images_per_s_median_interval"] = round(statistics.median(v for _, v, _ in logs[1:]), 2)

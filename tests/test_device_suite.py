@@ -52,6 +52,8 @@ def test_runner_rates_leave_out_one_off_compilations():
     # A profile of steps 25..32 (its start and its end are one-off costs): steps 20..30 and 30..40 left out too.
     slow = [(10, 1.0, 100.0), (20, 20.0, 101.0), (30, 2.0, 111.0), (40, 2.0, 121.0), (50, 20.0, 122.0)]
     assert device_speed.runner_rates(slow, 2, 0, one_off_steps=(25, 32))["images_per_s"] == pytest.approx(40 / 2.0)
+    everything = device_speed.runner_rates(slow, 2, 0, one_off_steps=(15, 25, 35, 45))  # a run too short to leave out
+    assert everything["images_per_s"] == everything["images_per_s_all"] == pytest.approx(80 / 22.0, abs=0.01)
 
 
 def _fake_results():
