@@ -60,12 +60,17 @@ def shard_count(size: int, batch_size: int) -> int:
     return 1
 
 
+def shard_of(row: int, batch_size: int, num_shards: int) -> int:
+    """The shard that ``row`` of the global batch shows: the rows are cut into ``num_shards`` contiguous blocks."""
+    return row // (batch_size // num_shards)
+
+
 @dataclasses.dataclass
 class _Domain:
     """One training domain as this process holds it."""
 
     size: int  # images listed (valid or not): defines the epoch length and the shards
-    num_shards: int  # shard_count(size, batch): row r shows shard r // (batch // num_shards)
+    num_shards: int  # shard_count(size, batch): row r shows shard_of(r, batch, num_shards)
     shards: dict[int, np.ndarray]  # shard id -> readable global indices (the shards this process needs; an
     # unreadable shard: every readable image)
     cache: dict[int, np.ndarray]  # global index -> prepared uint8[H, W, 3]
@@ -151,10 +156,11 @@ class TrainStream:
             chosen = np.empty(len(self._rows), np.int64)
             rows_per_shard = self.global_batch_size // domain.num_shards
             for i, row in enumerate(self._rows):
-                shard = domain.shards[row // rows_per_shard]
+                shard_id = shard_of(row, self.global_batch_size, domain.num_shards)
+                shard = domain.shards[shard_id]
                 if key == "A":
                     slot = k * rows_per_shard + row % rows_per_shard
-                    position = self._epoch_order(epoch, row // rows_per_shard)[slot]
+                    position = self._epoch_order(epoch, shard_id)[slot]
                 else:
                     position = min(int(pick_b[row] * len(shard)), len(shard) - 1)
                 chosen[i] = shard[position]
@@ -273,7 +279,7 @@ def create_train_stream(
         split = f"train{key}"
         size = source.count(split)
         num_shards = shard_count(size, batch_size)
-        needed = sorted({row // (batch_size // num_shards) for row in rows})
+        needed = sorted({shard_of(row, batch_size, num_shards) for row in rows})
         wanted = [i for i in range(size) if i % num_shards in needed]
         loaded = loading.load_split(source, split, wanted, prepare, crop_size)
         shards = {s: np.array([i for i in sorted(loaded.images) if i % num_shards == s], np.int64) for s in needed}
