@@ -25,6 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxgan import checkpoint
+from jaxgan.data.transforms import OWN_SIZE_MODES
 from jaxgan.parallel import ParallelError
 
 T = TypeVar("T")
@@ -150,7 +151,24 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     mine = checkpoint.config_to_dict({k: config.get(k) for k in DATA_FIELDS})
     differences = _differences_from_process_0(mine)
     other_data = _processes_with(len(differences))
-    if other_data:
-        here = f" Here: {'; '.join(differences)}." if differences else ""
-        raise ParallelError(f"process(es) {other_data} read other data than process 0: every process must read "
-                            f"the same data set (per-node copies must be identical).{here}")  # fmt: skip
+    if other_data:  # every process agrees on it: the collective below runs on all or none
+        sized = _processes_with(int(bool(differences) and all(d.startswith("image_shape:") for d in differences)))
+        own_size = sized == other_data and str(config.get("preprocess", "")) in OWN_SIZE_MODES
+        raise ParallelError(data_mismatch(other_data, differences, config.get("preprocess") if own_size else None))
+
+
+def data_mismatch(processes: list[int], differences: list[str], own_size_mode: str | None) -> str:
+    """The message of :func:`check_data` for ``processes`` whose data differ; ``differences`` are this process's.
+
+    ``own_size_mode``: the preprocess when it keeps each image's own size and the processes differ only in that
+    size. Each process checked only the images it decoded (its share), so that is a data set of mixed sizes,
+    not copies that differ.
+    """
+    here = f" Here: {'; '.join(differences)}." if differences else ""
+    if own_size_mode is not None:
+        return (f"process(es) {processes} read images of another size than process 0: preprocess="
+                f"{own_size_mode!r} keeps each image's own size, so every image of both domains must have the same "
+                "size (each process checks only the share it decodes); resize them, or use "
+                f"preprocess='resize_and_crop' or 'scale_width_and_crop'.{here}")  # fmt: skip
+    return (f"process(es) {processes} read other data than process 0: every process must read "
+            f"the same data set (per-node copies must be identical).{here}")  # fmt: skip

@@ -83,18 +83,36 @@ def test_a_start_up_error_on_one_process_stops_both(tmp_path):
     assert "Wait for it to finish" in outs[0] and "process(es) [0] stopped with an error during start-up" in outs[1]
 
 
-def test_processes_that_read_other_data_stop_at_start(tmp_path):
-    # The same config, but "~" is another home on each process: their data sets differ in size.
+def test_processes_that_read_images_of_another_size_stop_at_start(tmp_path):
+    # The same config, but "~" is another home on each process, whose images have another size. preprocess none
+    # keeps each image's size, and each process checks only the images it decodes: process 0 must say it too.
     from folder_data import make_folder
 
-    for i, n in ((0, 8), (1, 12)):
-        make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": n, "trainB": n, "testA": 2, "testB": 2})
-    procs = training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data",
+    for i, size in ((0, (40, 48)), (1, (32, 32))):
+        make_folder(tmp_path / f"home{i}" / "data", counts={"trainA": 8, "trainB": 8, "testA": 2, "testB": 2},
+                    size=size)  # fmt: skip
+    procs = training_processes([tmp_path / "run"] * 2, "--config.dataset=folder:~/data", "--config.preprocess=none",
                                env=({"HOME": str(tmp_path / "home0")}, {"HOME": str(tmp_path / "home1")}))  # fmt: skip
     outs = _finish(procs)
     assert [p.returncode for p in procs] == [1, 1], outs
-    assert all("process(es) [1] read other data than process 0" in out for out in outs), outs
-    assert "steps_per_epoch: 3 here, 2 on process 0" in outs[1], outs[1]
+    assert all("process(es) [1] read images of another size than process 0" in out for out in outs), outs
+    assert "image_shape: [32, 32] here, [40, 48] on process 0" in outs[1], outs[1]
+
+
+def test_images_of_another_size_on_another_process_are_named_as_such():
+    # preprocess none keeps each image's size and each process checks only its share: process 1's 300x300
+    # images beside process 0's 256x256 are a data set of mixed sizes, not copies that differ.
+    from jaxgan import peers
+
+    sizes = ["image_shape: [300, 300] here, [256, 256] on process 0"]
+    for mode in ("none", "scale_width"):
+        for differences in (sizes, []):  # process 1, and process 0 (no difference of its own)
+            message = peers.data_mismatch([1], differences, mode)
+            assert message.startswith("process(es) [1] read images of another size than process 0"), message
+            assert f"preprocess={mode!r} keeps each image's own size" in message and "resize_and_crop" in message
+            assert ("Here: image_shape: [300, 300] here, [256, 256] on process 0." in message) == bool(differences)
+    message = peers.data_mismatch([1], ["steps_per_epoch: 3 here, 2 on process 0"], None)
+    assert "read other data than process 0" in message and "own size" not in message, message
 
 
 def _patched(patch: str) -> tuple[str, str]:

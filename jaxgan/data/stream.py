@@ -309,7 +309,7 @@ def create_train_stream(
             nbytes / 2**20,
         )
 
-    crops = preprocess in ("resize_and_crop", "crop", "scale_width_and_crop")
+    crops = preprocess not in transforms.OWN_SIZE_MODES
     if crops:
         image_shape = (crop_size, crop_size)
     else:

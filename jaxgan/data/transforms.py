@@ -15,6 +15,7 @@ from jaxgan import image_io
 from jaxgan.image_io import DataError
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+OWN_SIZE_MODES = ("scale_width", "none")  # no crop: batches are of the images' own size, which must be one
 
 
 def train_prepare(preprocess: str, load_size: int, crop_size: int) -> Callable[[np.ndarray], np.ndarray]:
