@@ -18,7 +18,13 @@ def _batch(seed=0, size=32, n=1):
 
 
 def _state(**overrides):
-    return train.init_train_state(tiny_config(**overrides), jax.random.PRNGKey(0))
+    """The tiny config's state, its convolutions in the native forms unless ``model.conv_impl`` is given.
+
+    These tests' subject is the step's logic (which network moves, the loss terms, EMA), not the convolutions'
+    arithmetic: tests/test_conv_forms.py checks every form against native, and the PyTorch comparison below runs
+    the default forms. The native forms compile the tiny step in about half the time (tests/conftest.py).
+    """
+    return train.init_train_state(tiny_config(**{"model.conv_impl": "native", **overrides}), jax.random.PRNGKey(0))
 
 
 def _copy(tree):
@@ -42,7 +48,7 @@ def test_state_holds_four_networks_four_optimizers_pools_rng():
 def test_compiled_initialisation_is_the_plain_one():
     # init_train_state compiles with lighter XLA:CPU optimisation; the state must be the same, bit for bit, as
     # at XLA's default level (3; explicit, since the suite compiles at level 0: tests/conftest.py).
-    config, key = tiny_config(), jax.random.PRNGKey(3)
+    config, key = tiny_config(**{"model.conv_impl": "native"}), jax.random.PRNGKey(3)
     default = {"xla_backend_optimization_level": 3} if jax.default_backend() == "cpu" else None
     want = jax.jit(lambda: train.create_train_state(config, key), compiler_options=default)()
     got = train.init_train_state(config, key)
@@ -118,7 +124,7 @@ def test_one_step_matches_the_official_iteration_in_pytorch():
                for k in pairs}  # fmt: skip
     for seed, net in enumerate(pairs.values()):  # four distinct nets, so a swapped pair shows
         torch_replica.randomize_(net, seed=seed, std=0.05, bias_std=0.1)
-    s0 = _state()  # the other tests' config and batch size: the compiled step is reused
+    s0 = _state(**{"model.conv_impl": "auto"})  # the default forms, which the other tests leave to test_conv_forms
     params = {k: jax.tree_util.tree_map(jnp.asarray, to_flax[k](torch_replica.state_dict_numpy(net)))
               for k, net in pairs.items()}  # fmt: skip
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(s0.params)
@@ -187,7 +193,7 @@ def test_discriminator_gradient_does_not_reach_generators_through_fakes():
         _, metrics = train.discriminator_update(s0, batch, fakes)
         return metrics["loss_d_b"]
 
-    grads = jax.grad(d_loss_through_g)(s0.params["g_ab"])
+    grads = jax.jit(jax.grad(d_loss_through_g))(s0.params["g_ab"])
     assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads))
 
 
