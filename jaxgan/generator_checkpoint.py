@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxgan import failed_reads, output_files
@@ -91,12 +92,19 @@ def save_generators_checkpoint(
     return path
 
 
-def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, PyTree], dict[str, Any]]:
-    """Read what :func:`save_generator_checkpoint` wrote.
+def load_generator_checkpoint(
+    output_dir: str | os.PathLike, names: Collection[str] | None = None
+) -> tuple[dict[str, PyTree], dict[str, Any]]:
+    """Read what :func:`save_generator_checkpoint` wrote: every generator, or only those of ``names``.
+
+    Args:
+      output_dir: the checkpoint folder.
+      names: ``"g_ab"`` and/or ``"g_ba"``; ``None`` for all. Only these are read from disk (one direction
+        of a two-generator checkpoint: half the bytes); a name the checkpoint lacks is left out of the result.
 
     Returns:
-      ``(params_by_name, model_cfg)``: ``{"g_ab" and/or "g_ba": params}`` (NumPy
-      float32 leaves) and the ``"model"`` section of ``config.json``.
+      ``(params_by_name, model_cfg)``: ``{name: params}`` (NumPy float32 leaves) and the ``"model"``
+      section of ``config.json``.
     """
     import orbax.checkpoint as ocp
 
@@ -104,12 +112,39 @@ def load_generator_checkpoint(output_dir: str | os.PathLike) -> tuple[dict[str, 
     model_cfg = load_model_config(path)
     failed_reads.quiet()
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(path)
+        with ocp.PyTreeCheckpointer() as ckptr:
+            stored = _stored(ckptr, path)
+            wanted = {n: tree for n, tree in stored.items() if names is None or n in names}
+            if not wanted:
+                return {}, model_cfg
+            target = {"params": wanted}
+            as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+            tree = ckptr.restore(
+                path, args=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy, partial_restore=True)
+            )
         params = {k: _to_numpy_tree(v) for k, v in tree["params"].items()}
     except Exception as e:  # noqa: BLE001 - a damaged checkpoint: one line, not TensorStore's spec
         raise GeneratorCheckpointError(f"its weights are unreadable ({failed_reads.describe(e)})") from e
     return params, model_cfg
+
+
+def stored_generators(output_dir: str | os.PathLike) -> list[str]:
+    """The names (``"g_ab"``, ``"g_ba"``) of the generators a checkpoint holds, from its metadata alone."""
+    import orbax.checkpoint as ocp
+
+    failed_reads.quiet()
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            return sorted(_stored(ckptr, os.path.abspath(os.fspath(output_dir))))
+    except Exception as e:  # noqa: BLE001 - as load_generator_checkpoint
+        raise GeneratorCheckpointError(f"its weights are unreadable ({failed_reads.describe(e)})") from e
+
+
+def _stored(ckptr: Any, path: str) -> dict[str, PyTree]:
+    """``{name: metadata tree}`` of the generators stored at ``path`` (shapes and dtypes, no values)."""
+    meta = ckptr.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)  # a StepMetadata in orbax 0.12, the tree itself before
+    return dict(tree["params"])
 
 
 def load_model_config(output_dir: str | os.PathLike) -> dict[str, Any]:

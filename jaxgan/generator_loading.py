@@ -26,6 +26,7 @@ from jaxgan.generator_checkpoint import (  # DIRECTIONS["AtoB"] = "g_ab"
     DEFAULT_MODEL_CONFIG,
     DIRECTIONS,
     load_generator_checkpoint,
+    stored_generators,
 )
 
 PyTree = Any
@@ -168,13 +169,14 @@ def load(
     if is_training_run(path):
         raise GeneratorLoadError(f"{path} is a training run: give it as --workdir {path} (--checkpoint takes a "
                              "generator written by `python -m jaxgan.interop` or `jaxgan.pretrained`).")  # fmt: skip
+    name = DIRECTIONS[direction]
     try:
-        params_by_name, model_cfg = load_generator_checkpoint(path)
+        params_by_name, model_cfg = load_generator_checkpoint(path, names=(name,))  # that generator alone
+        stored = params_by_name or stored_generators(path)
     except Exception as e:  # noqa: BLE001 - turn any reading failure into one clear message
         raise GeneratorLoadError(f"Cannot read a generator checkpoint from {path}: {e}") from e
-    name = DIRECTIONS[direction]
     if name not in params_by_name:
-        have = [d for d, n in DIRECTIONS.items() if n in params_by_name]
+        have = [d for d, n in DIRECTIONS.items() if n in stored]
         raise GeneratorLoadError(f"{path} holds a generator for {have}, not {direction}.")
     return LoadedGenerator(
         make_generator(model_cfg), params_by_name[name], model_cfg, f"the generator checkpoint {checkpoint_dir}"

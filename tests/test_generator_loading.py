@@ -53,6 +53,21 @@ def test_a_generator_checkpoint_loads_its_direction_and_names_the_one_it_lacks(t
         load_generator("BtoA", workdir=path)
 
 
+def test_one_direction_of_a_two_generator_checkpoint_reads_that_generator_alone(tmp_path):
+    both = {"AtoB": _params(0), "BtoA": _params(1)}
+    path = generator_checkpoint.save_generators_checkpoint(both, CFG, tmp_path / "ckpt")
+    assert generator_checkpoint.stored_generators(path) == ["g_ab", "g_ba"]
+    one, _ = generator_checkpoint.load_generator_checkpoint(path, names=("g_ba",))
+    assert list(one) == ["g_ba"]  # g_ab's arrays were not read
+    jax.tree.map(np.testing.assert_array_equal, one["g_ba"], jax.tree.map(np.asarray, both["BtoA"]))
+    whole, _ = generator_checkpoint.load_generator_checkpoint(path)
+    assert sorted(whole) == ["g_ab", "g_ba"]
+    for direction, name in generator_checkpoint.DIRECTIONS.items():
+        got = generator_loading.load(direction, checkpoint_dir=path).params
+        jax.tree.map(np.testing.assert_array_equal, got, whole[name])
+    assert generator_checkpoint.load_generator_checkpoint(path, names=("g_xy",))[0] == {}
+
+
 def test_a_damaged_generator_checkpoint_is_one_short_line(tmp_path):
     # A copy that lost its data folder (an interrupted transfer): TensorStore's error carries a page of spec.
     path = pathlib.Path(generator_checkpoint.save_generator_checkpoint(_params(), "AtoB", CFG, tmp_path / "ckpt"))
