@@ -65,7 +65,7 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 image.load()
-                return pil_to_rgb(upright(image))
+                return pil_to_rgb(upright(image), sixteen_bit=_sixteen_bit_file(image))
     except FileNotFoundError as error:
         raise DataError(f"{label}: no such file") from error
     except Image.DecompressionBombError as error:
@@ -99,8 +99,12 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(path)
 
 
-def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Converts a loaded Pillow image of any mode to ``uint8[H, W, 3]`` RGB (see :func:`decode_image`)."""
+def pil_to_rgb(image: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
+    """Converts a loaded Pillow image of any mode to ``uint8[H, W, 3]`` RGB (see :func:`decode_image`).
+
+    ``sixteen_bit``: the file declares 16-bit samples, so that a 32-bit "I" image holds 16-bit values;
+    otherwise such an image is taken as 16-bit when any value exceeds 255, and as 8-bit values if none does.
+    """
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image, dtype=np.uint8).copy()
@@ -108,13 +112,26 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
         values = np.asarray(image).astype(np.float64)
         if mode == "F" and values.size and values.max() <= 1.0:
             values = values * 255.0  # float images in [0, 1]
-        elif mode in _SIXTEEN_BIT_MODES or (values.size and values.max() > 255):
+        elif mode in _SIXTEEN_BIT_MODES or sixteen_bit or (values.size and values.max() > 255):
             values = values / 257.0  # 16-bit range onto 8 bits: 65535 -> 255
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _sixteen_bit_file(image: Image.Image) -> bool:
+    """Whether a mode-"I" image's file declares 16-bit samples, so that its values mean the 16-bit range.
+
+    Pillow opens 16-bit PGM/PPM (any maxval above 255, rescaled to 65535), older Pillows' 16-bit PNGs and
+    16-bit TIFFs in some layouts as 32-bit "I". Only a file that does not say (a 32-bit TIFF) is judged by its
+    values, so that a dark 16-bit image, whose values all lie below 256, is not read as an 8-bit one.
+    """
+    if image.format in ("PPM", "PNG"):
+        return True
+    bits = getattr(image, "tag_v2", {}).get(258) if image.format == "TIFF" else None  # BitsPerSample
+    return bool(bits) and max(bits if isinstance(bits, tuple) else (bits,)) == 16
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -76,6 +76,20 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(input_pipeline.load_image(tmp_path / "x.png")[0, :, 0], [0, 128, 255])
 
 
+def test_a_dark_sixteen_bit_image_is_read_on_the_sixteen_bit_scale(tmp_path):
+    # Pillow opens 16-bit PGM as 32-bit "I". Its values were judged by their size: a dark one (all below 256)
+    # was read as 8-bit, up to 257 times too bright, unlike a brighter image of the same file type.
+    dark = np.array([[0, 200, 255]], ">u2")  # 16-bit values, all below 256: on 8 bits 0, 1 and 1
+    (tmp_path / "dark.pgm").write_bytes(b"P5\n3 1\n65535\n" + dark.tobytes())
+    with Image.open(tmp_path / "dark.pgm") as check:
+        assert check.mode == "I"
+    np.testing.assert_array_equal(image_io.decode_image(tmp_path / "dark.pgm")[0, :, 0], [0, 1, 1])
+    # A 32-bit TIFF says nothing of the range: values up to 255 stay 8-bit values, larger ones are 16-bit.
+    for values, want in (([0, 128, 255], [0, 128, 255]), ([0, 257 * 128, 65535], [0, 128, 255])):
+        Image.fromarray(np.array([values], np.int32), mode="I").save(tmp_path / "x.tif")
+        np.testing.assert_array_equal(image_io.decode_image(tmp_path / "x.tif")[0, :, 0], want)
+
+
 def _phone_photo(path, stored_hw=(48, 80), orientation=6) -> np.ndarray:
     """A JPEG stored ``stored_hw`` with EXIF orientation 6 (shown rotated 90 degrees clockwise); returns the
     upright image as a viewer shows it (``uint8[W, H, 3]``), up to JPEG's rounding."""
