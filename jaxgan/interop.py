@@ -71,7 +71,15 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> StateDict:
             key = key[len("module.") :]
         if hasattr(value, "detach"):  # a torch tensor; avoid importing torch here
             value = value.detach().cpu().float().numpy()
-        out[key] = np.asarray(value, dtype=np.float32)
+        if isinstance(value, Mapping):  # a training checkpoint: {"epoch": ..., "G_A": {...}, "G_B": {...}}
+            nested = [k for k, v in state_dict.items() if isinstance(v, Mapping)]
+            raise InteropError(f"the file holds several state dicts ({', '.join(map(repr, nested))}), not one "
+                               f"network's: save one of them alone, e.g. torch.save(checkpoint[{nested[0]!r}], "
+                               "'generator.pth')")  # fmt: skip
+        try:
+            out[key] = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InteropError(f"state dict entry {key!r} is a {type(value).__name__}, not an array") from e
     return out
 
 

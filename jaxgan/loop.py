@@ -26,6 +26,7 @@ from jaxgan import (
     config_check,
     cpu_memory,
     input_pipeline,
+    output_files,
     parallel,
     peers,
     report,
@@ -138,7 +139,7 @@ def train_and_evaluate(
     Otherwise a process that fails leaves the others waiting in their next step until JAX's heartbeat or
     shutdown barrier aborts them.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = output_files.checkpoint_folder(workdir, checkpoint.CheckpointError)  # before any work
     peers.check(config, workdir)  # several processes: one config, one shared workdir
     config_check.check(config)  # every field, before any data is read or anything compiled
     lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()

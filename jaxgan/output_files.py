@@ -8,6 +8,7 @@ truncated file behind. Failures raise the caller's own error class with the path
 
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
 import tempfile
@@ -16,6 +17,22 @@ from collections.abc import Callable
 
 def _reason(e: OSError) -> str:
     return e.strerror or str(e)
+
+
+def checkpoint_folder(folder: str | os.PathLike, error: type[Exception] = OSError) -> pathlib.Path:
+    """``folder`` made absolute; ``error`` if Orbax could write checkpoints there but never read them back.
+
+    Orbax finds the parts of a checkpoint it has written by a file-name pattern (``ocdbt.process_*``) under the
+    folder's path, so that ``[``, ``]``, ``*`` or ``?`` anywhere in it act as wildcards: the parts are never
+    merged, the save reports success with a warning, and every read fails ("runs/lr[2e-4]" lost a whole run).
+    """
+    path = pathlib.Path(folder).absolute()
+    text = os.fspath(path)
+    if glob.escape(text) != text or "]" in text:
+        raise error(f"{path}: a checkpoint folder's path cannot hold [, ], * or ?. Orbax finds a checkpoint's "
+                    "parts by a file-name pattern, in which these are wildcards, so its checkpoints would be "
+                    "written but never readable. Choose a name without them, e.g. lr_2e-4 for lr[2e-4].")  # fmt: skip
+    return path
 
 
 def writable_folder(folder: str | os.PathLike, error: type[Exception] = OSError) -> pathlib.Path:

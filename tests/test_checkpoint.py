@@ -202,3 +202,19 @@ def test_a_config_json_that_cannot_be_read_is_one_error(tmp_path):
         with pytest.raises(checkpoint.CheckpointError, match="fix it, or restore it from a copy") as caught:
             checkpoint.load_config(tmp_path)
         assert str(caught.value).startswith(str(tmp_path / "config.json")) and says in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["lr[2e-4]", "run*", "a?b"])
+def test_a_folder_whose_path_orbax_reads_as_a_pattern_is_refused_before_any_work(tmp_path, name):
+    # Orbax finds a checkpoint's parts by a file-name pattern under its path: in "runs/lr[2e-4]" they were never
+    # merged, the run reported success, and nothing it saved could be read. Refused before anything is done.
+    from jaxgan import generator_checkpoint, loop, pretrained
+
+    with pytest.raises(checkpoint.CheckpointError, match=r"cannot hold \[, \], \* or \?.*never readable"):
+        loop.train_and_evaluate(tiny_config(), tmp_path / name / "run")
+    with pytest.raises(generator_checkpoint.GeneratorCheckpointError, match="never readable"):
+        params = {"w": np.zeros(1)}  # not reached: the folder is checked first
+        generator_checkpoint.save_generators_checkpoint({"AtoB": params}, {}, tmp_path / name)
+    with pytest.raises(pretrained.PretrainedError, match="never readable"):  # before any download
+        pretrained.fetch("horse2zebra", tmp_path / name, "http://127.0.0.1:9/unused", tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written anywhere

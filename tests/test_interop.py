@@ -174,6 +174,42 @@ def test_checkpoint_round_trip(tmp_path):
         generator_checkpoint.save_generator_checkpoint(params, "AB", cfg, tmp_path / "other")
 
 
+def test_a_training_checkpoint_of_several_networks_is_named_not_a_traceback():
+    # {"epoch": 200, "G_A": {...}, "G_B": {...}}, as third-party training code saves: np.asarray(dict) raised.
+    sd = _random_state_dict(_official_generator_shapes(8, 2))
+    with pytest.raises(interop.InteropError, match=r"several state dicts \('G_A', 'G_B'\).*checkpoint\['G_A'\]"):
+        interop.clean_state_dict({"epoch": 200, "G_A": sd, "G_B": sd})
+    with pytest.raises(interop.InteropError, match="entry 'note' is a str, not an array"):
+        interop.clean_state_dict({**sd, "note": "trained on horses"})
+
+
+def test_a_checkpoint_whose_config_is_not_its_weights_is_refused(tmp_path):
+    # config.json without norm_affine under affine weights: outputs off by 0.8 with no word; one residual block
+    # under a config.json that says 9: a traceback inside Flax. Refused on writing, and on reading an edited one.
+    from jaxgan import generator_loading
+
+    x = jnp.zeros((1, 16, 16, 3))
+    affine = models.ResnetGenerator(ngf=8, n_blocks=1, norm_affine=True).init(jax.random.PRNGKey(0), x)["params"]
+    with pytest.raises(generator_checkpoint.GeneratorCheckpointError, match=r"norm_affine=False; the weights hold"):
+        generator_checkpoint.save_generator_checkpoint(affine, "AtoB", {"ngf": 8, "n_blocks": 1}, tmp_path / "a")
+    with pytest.raises(
+        generator_checkpoint.GeneratorCheckpointError, match=r"n_blocks=9, norm_affine=True; the weights lack"
+    ):
+        generator_checkpoint.save_generator_checkpoint(affine, "AtoB", {"ngf": 8, "norm_affine": True}, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    path = generator_checkpoint.save_generator_checkpoint(
+        affine, "AtoB", {"ngf": 8, "n_blocks": 1, "norm_affine": True}, tmp_path / "ok"
+    )
+    assert generator_loading.load("AtoB", checkpoint_dir=path).generator.norm_affine
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for field, value, says in (("norm_affine", False, "the weights hold"), ("ngf", 16, "['conv_in']['bias'] is (8,) in "
+                               "the weights, (16,) in it")):  # fmt: skip
+        (tmp_path / "ok" / "config.json").write_text(json.dumps({"model": {**config["model"], field: value}}))
+        with pytest.raises(generator_loading.GeneratorLoadError, match=r"describes another generator") as e:
+            generator_loading.load("AtoB", checkpoint_dir=path)
+        assert says in str(e.value), str(e.value)
+
+
 def test_reading_pth_without_torch_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r"jaxgan\[torch\]"):

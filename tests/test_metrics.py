@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import pathlib
 import shutil
 import warnings
 
@@ -149,6 +150,56 @@ def test_l1_metrics():
     shifted = np.roll(b, 1, axis=1)
     assert metrics.l1_error(b, shifted) == pytest.approx(1.0)
     assert metrics.downsampled_l1_error(b, shifted, 4) == pytest.approx(0.0)
+
+
+def test_paired_l1_of_pairs_of_different_sizes_weighs_each_pixel_alike():
+    # Pairs of 16x16 and 32x32 (each pair one size): np.stack of all of them raised a traceback.
+    rng = np.random.default_rng(1)
+    truth = [rng.integers(0, 256, (h, h, 3), dtype=np.uint8) for h in (16, 32)]
+    fake = [np.clip(t.astype(int) + d, 0, 255).astype(np.uint8) for t, d in zip(truth, (10, 40), strict=True)]
+    got = evaluate.paired_l1(fake, truth)
+    diffs = [np.abs(f.astype(float) - t) / 127.5 for f, t in zip(fake, truth, strict=True)]
+    assert got["l1"] == pytest.approx(sum(d.sum() for d in diffs) / sum(d.size for d in diffs))
+    same = evaluate.paired_l1(fake[1:] * 2, truth[1:] * 2)  # one size: as before
+    assert same["l1"] == pytest.approx(metrics.l1_error(*(np.stack(x[1:] * 2) / 127.5 for x in (fake, truth))))
+    with pytest.raises(evaluate.EvaluationError, match="pair 0"):
+        evaluate.paired_l1(fake, truth[::-1])
+
+
+def test_inception_features_refuse_images_on_the_minus_one_to_one_scale():
+    # Floats in [-1, 1] (what the generators give) were read as [0, 1]: FID 120 between an image set and itself.
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(evaluate.EvaluationError, match=r"floats with negative values .*to_uint8"):
+        evaluate.inception_features(images, lambda batch: np.zeros((len(batch), 2048)))
+    feats = evaluate.inception_features((images + 1) / 2, lambda batch: np.ones((len(batch), 2048)))  # [0, 1]: fine
+    assert feats.shape == (2, 2048)
+
+
+def test_a_test_split_of_one_image_leaves_fid_out_and_says_why(monkeypatch, tmp_path):
+    # The end of training raised "need at least 2 samples per set" after the last checkpoint: no results page.
+    from jaxgan import results
+
+    monkeypatch.setattr(inception_weights, "load_inception_params", lambda *a: pytest.fail("Inception loaded"))
+    one, three = np.zeros((1, 8, 8, 3)), np.zeros((3, 8, 8, 3))
+    summary = results._fid_kid(one, three, {})
+    assert summary == {"fid": "unavailable: FID/KID need at least 2 test images per domain; testA has 1, testB 3"}
+
+
+def test_named_weights_that_are_missing_or_damaged_are_named(monkeypatch, tmp_path):
+    # A mistyped $JAXGAN_FID_WEIGHTS was reported as "no FID Inception weights (pip install ...)"; a damaged
+    # cached conversion ended in zipfile's traceback.
+    from jaxgan import results
+
+    monkeypatch.setenv(inception_weights.WEIGHTS_ENV, str(tmp_path / "typo.pth"))
+    assert inception_weights.weights_available()
+    summary = results._fid_kid(np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), {})
+    assert summary["fid"].startswith(f"unavailable: Inception weights file {tmp_path / 'typo.pth'} does not exist")
+    monkeypatch.delenv(inception_weights.WEIGHTS_ENV)
+    cached = pathlib.Path(inception_weights._cache_path(inception_weights.DEFAULT_SHA1, str(tmp_path)))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(inception_weights.FidWeightsError, match=f"{cached} cannot be read as FID Inception weights"):
+        inception_weights.load_inception_params(cache=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------

@@ -135,6 +135,20 @@ def test_without_torch_nothing_is_downloaded(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_cached_file_without_torch_to_convert_it_is_not_called_bad(monkeypatch, tmp_path):
+    # A cache shared with an environment that has torch: the good .pth was called bad, "delete it".
+    pth = tmp_path / "cache" / "horse2zebra.pth"
+
+    def without_torch(path):
+        raise ImportError("reading a PyTorch .pth file needs torch")
+
+    monkeypatch.setattr(pretrained, "download", lambda *a, **k: pth)
+    monkeypatch.setattr(pretrained.interop, "load_torch_state_dict", without_torch)
+    with pytest.raises(pretrained.PretrainedError) as e:
+        pretrained.fetch("horse2zebra", tmp_path / "out", "http://127.0.0.1:9/unused", tmp_path / "cache")
+    assert str(e.value) == f"cannot convert {pth}: reading a PyTorch .pth file needs torch", str(e.value)
+
+
 # ---------------------------------------------------------------------------
 # Fetch and convert
 

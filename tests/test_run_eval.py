@@ -56,6 +56,19 @@ def test_test_splits_too_small_for_a_noise_floor_leave_it_out(run, tmp_path):
     assert base["identity/AtoB/fid"] > 0 and not any(k.startswith("noise_floor") for k in base)
 
 
+def test_a_test_split_of_one_image_is_scored_without_fid_and_says_why(run, tmp_path, monkeypatch):
+    # distribution_metrics raised "need at least 2 samples per set": a traceback from `evaluate --workdir`.
+    monkeypatch.setattr(inception_weights, "load_inception_params", lambda *a: pytest.fail("Inception loaded"))
+    small = tmp_path / "run"
+    shutil.copytree(run, small, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "synthetic_num_test": 1}))
+    result = run_eval.evaluate_run(small)
+    assert not result["fid_available"] and result["baselines"] == {}
+    assert result["fid_unavailable"] == "FID/KID need at least 2 test images per domain; testA has 1, testB 1"
+    assert result["checkpoints"][0]["AtoB/l1"] > 0 and "AtoB/fid" not in result["checkpoints"][0]
+
+
 def test_raw_and_ema_weights_differ_and_are_named(run, monkeypatch):
     monkeypatch.setattr(inception_weights, "weights_available", lambda: False)  # L1 to truth tells them apart; no FID
     ema = run_eval.evaluate_run(run, "ema", inception_params=None)["checkpoints"][0]
