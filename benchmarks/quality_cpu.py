@@ -61,13 +61,15 @@ def run_jaxgan(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
 
 def _evaluated(workdir: pathlib.Path, weights: str) -> dict[str, Any] | None:
-    """A finished run's earlier evaluation (``WORKDIR/eval/eval_WEIGHTS.json``) when it scored the final step."""
-    path, done = workdir / "eval" / f"eval_{weights}.json", workdir / "results" / "summary.json"
-    if not (path.is_file() and done.is_file()):
+    """A finished run's earlier evaluation of its final step (``WORKDIR/eval/eval_WEIGHTS_stepN.json``)."""
+    from jaxgan import run_eval
+
+    done = workdir / "results" / "summary.json"
+    if not done.is_file():
         return None
-    result = json.loads(path.read_text())
     final = int(json.loads(done.read_text())["step"])
-    return result if [int(c["step"]) for c in result["checkpoints"]] == [final] else None
+    path = workdir / "eval" / f"{run_eval.eval_file_name(weights, final)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_torch(config: Any, seed: int, out: pathlib.Path, threads: int) -> dict[str, Any]:

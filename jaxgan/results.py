@@ -144,9 +144,24 @@ def _write_summary_json(path: pathlib.Path, summary: dict[str, Any], lines: dict
                     "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "jax": jax.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
+        **(extra if extra is not None else _training_facts(path, lines.get("step"))),
     }  # fmt: skip
     path.write_text(json.dumps(record, indent=2, default=str))
+
+
+def _training_facts(path: pathlib.Path, step: Any) -> dict[str, Any]:
+    """What the end of training recorded in ``path`` about the same ``step`` (its time, and the machine as
+    ``trained_on``), for a page written again later by the results mode; nothing if it was of another step."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict) or previous.get("step") != step:
+        return {}
+    facts = {k: previous[k] for k in ("train_wall_s", "steps_this_run") if k in previous}
+    if facts:
+        facts["trained_on"] = previous.get("trained_on", previous.get("machine"))
+    return facts
 
 
 def _fid_kid(test_a: np.ndarray, test_b: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ For one checkpoint (the newest, or ``step``) or every kept checkpoint of a run:
 * on data with paired ground truth (the synthetic pair): L1 to the truth as well.
 
 Real-image features are computed once per run. Results go to ``WORKDIR/eval/``: a JSON per
-weights (``eval_ema.json``), and with several checkpoints the curve as JSON, as TensorBoard
-scalars (``eval/*`` in ``WORKDIR/tensorboard``) and as a PNG plot.
+weights and step (``eval_ema_step400.json``: evaluating another step keeps it), and with several
+checkpoints the curve as JSON, as TensorBoard scalars (``eval/*`` in ``WORKDIR/tensorboard``) and
+as a PNG plot.
 
 Command line: ``python -m jaxgan.evaluate --workdir RUN [--weights ema|raw] [--all_checkpoints]``.
 """
@@ -148,11 +149,16 @@ def evaluate_run(
     }
     out = ev.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    name = f"eval_{weights}" + ("_curve" if all_checkpoints else "")
+    name = f"eval_{weights}_curve" if all_checkpoints else eval_file_name(weights, rows[0]["step"])
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     if all_checkpoints:
         _write_curve(ev.workdir, out / f"{name}.png", rows, result["baselines"], weights)
     return result
+
+
+def eval_file_name(weights: str, step: int) -> str:
+    """The name (without ``.json``) of one checkpoint's evaluation in ``WORKDIR/eval/``, e.g. ``eval_ema_step400``."""
+    return f"eval_{weights}_step{step}"
 
 
 def _write_curve(workdir: pathlib.Path, png: pathlib.Path, rows: list[dict], baselines: dict, weights: str) -> None:

@@ -75,7 +75,13 @@ def test_raw_and_ema_weights_differ_and_are_named(run, monkeypatch):
     raw = run_eval.evaluate_run(run, "raw", inception_params=None)["checkpoints"][0]
     assert ema["step"] == raw["step"] == 6 and (ema["weights"], raw["weights"]) == ("ema", "raw")
     assert ema["AtoB/l1"] != raw["AtoB/l1"]
-    assert json.loads((run / "eval" / "eval_raw.json").read_text())["checkpoints"][0]["weights"] == "raw"
+    assert json.loads((run / "eval" / "eval_raw_step6.json").read_text())["checkpoints"][0]["weights"] == "raw"
+    # Another step is another file: evaluating step 3 keeps step 6's (it was replaced).
+    assert run_eval.evaluate_run(run, "raw", step=3)["checkpoints"][0]["step"] == 3
+    assert sorted(p.name for p in (run / "eval").glob("eval_raw_step*.json")) == [
+        "eval_raw_step3.json",
+        "eval_raw_step6.json",
+    ]
 
 
 def test_a_run_whose_data_set_has_moved(run, tmp_path, monkeypatch):

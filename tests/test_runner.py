@@ -436,6 +436,7 @@ def test_training_cli_unknown_flag_and_missing_workdir():
 def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
     (workdir / "results" / "index.html").unlink()
+    trained = json.loads((workdir / "results" / "summary.json").read_text())
     # The command line's config is the paper's (no --config), with one override: the run's config.json
     # supplies the rest (the tiny networks, the synthetic data), the override wins.
     paper = horse2zebra.get_config()
@@ -449,6 +450,11 @@ def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted, 
     assert page.count("<img") == 2 * 2 * 4  # 2 directions x 2 images x (input, translated, reconstructed, truth)
     assert len(list((workdir / "results" / "images").iterdir())) == 2 * 2 * 4  # the run's 4-image page's are gone
     assert set(summary) >= {"AtoB/l1", "AtoB/l1_identity", "BtoA/pooled_ratio"}
+    # The training's time and machine stay in summary.json (they were dropped): the same step's page.
+    rewritten = json.loads((workdir / "results" / "summary.json").read_text())
+    assert rewritten["step"] == trained["step"] and trained["train_wall_s"] > 0
+    assert (rewritten["train_wall_s"], rewritten["steps_this_run"]) == (trained["train_wall_s"], 8)
+    assert rewritten["trained_on"] == trained["machine"]
     with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
         results.config_of_run(workdir / "results", paper)
     # Where the page cannot be written: an error before the restore and the translations.
