@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -85,18 +87,26 @@ def save_generators_checkpoint(
         if mismatch:
             raise GeneratorCheckpointError(f"model_cfg describes another generator than the {direction} weights "
                                            f"({mismatch}): give the fields they were built with")  # fmt: skip
-    if os.path.exists(path):
-        if not os.path.isdir(path) or os.listdir(path):
-            raise GeneratorCheckpointError(f"output {path} already exists and is not an empty directory")
-        os.rmdir(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise GeneratorCheckpointError(f"output {path} already exists and is not an empty directory")
     # Orbax writes PATH.orbax-checkpoint-tmp beside it: an unwritable place fails here, not in its threads.
     output_files.writable_folder(os.path.dirname(path), GeneratorCheckpointError)
     tree = {"params": {DIRECTIONS[d]: _to_numpy_tree(p) for d, p in generators.items()}}
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, tree)
-        ckptr.wait_until_finished()
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump({"model": cfg}, f, indent=2)
+    # Written whole beside ``path``, then renamed into place: an interrupted write (Ctrl-C, a full disk) leaves
+    # no folder that looks like a checkpoint and blocks the rerun.
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        whole = os.path.join(scratch, "checkpoint")
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(whole, tree)
+            ckptr.wait_until_finished()
+        with open(os.path.join(whole, CONFIG_FILE), "w") as f:
+            json.dump({"model": cfg}, f, indent=2)
+        os.replace(whole, path)  # onto an empty folder too
+    except OSError as e:
+        raise GeneratorCheckpointError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 

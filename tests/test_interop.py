@@ -174,6 +174,26 @@ def test_checkpoint_round_trip(tmp_path):
         generator_checkpoint.save_generator_checkpoint(params, "AB", cfg, tmp_path / "other")
 
 
+def test_an_interrupted_write_leaves_no_checkpoint_and_the_rerun_writes_it(tmp_path, monkeypatch):
+    # config.json was written last, in place: a Ctrl-C left weights without it, and the rerun was refused
+    # ("already exists and is not an empty directory").
+    params = interop.torch_generator_to_flax(_random_state_dict(_official_generator_shapes(8, 2)))
+    cfg = {"ngf": 8, "n_blocks": 2}
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(generator_checkpoint.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            generator_checkpoint.save_generator_checkpoint(params, "AtoB", cfg, tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its scratch folder
+    (tmp_path / "ckpt").mkdir()  # an empty folder given as the output is fine
+    generator_checkpoint.save_generator_checkpoint(params, "AtoB", cfg, tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert generator_checkpoint.load_generator_checkpoint(tmp_path / "ckpt")[1]["ngf"] == 8
+
+
 def test_a_training_checkpoint_of_several_networks_is_named_not_a_traceback():
     # {"epoch": 200, "G_A": {...}, "G_B": {...}}, as third-party training code saves: np.asarray(dict) raised.
     sd = _random_state_dict(_official_generator_shapes(8, 2))
