@@ -188,18 +188,24 @@ def verify(fmt: str, path: str | os.PathLike, model_cfg: dict, params: PyTree) -
 
 def export(fmt: str, model_cfg: dict, params: PyTree, output: str | os.PathLike) -> None:
     """Write ``params`` of the generator ``model_cfg`` to ``output`` in format ``fmt`` (one of ``FORMATS``)."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    output = pathlib.Path(output)
-    if output.is_dir():
-        raise ExportError(f"--output {output} is a folder; give a file name, e.g. {output / ('model.' + fmt)}")
-    output_files.writable_folder(output.parent, ExportError)
+    output = check_output(fmt, output)
     if fmt == "onnx":
         export_onnx(params, output)
     elif fmt == "stablehlo":
         export_stablehlo(model_cfg, params, output)
     else:
         export_pth(params, output)
+
+
+def check_output(fmt: str, output: str | os.PathLike) -> pathlib.Path:
+    """``output`` as a path, if ``fmt`` is known and a file can be written there; else ``ExportError``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    output = pathlib.Path(output)
+    if output.is_dir():
+        raise ExportError(f"--output {output} is a folder; give a file name, e.g. {output / ('model.' + fmt)}")
+    output_files.writable_folder(output.parent, ExportError)
+    return output
 
 
 def load_generator(
@@ -228,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxgan import generator_loading, interop
 
     try:
+        check_output(args.format, args.output)  # a bad destination fails before the generator loads
         cfg, params, what = load_generator(args.direction, args.workdir, args.checkpoint, args.weights)
         export(args.format, cfg, params, args.output)
         print(f"wrote {args.output} ({args.format}): {args.direction} generator from {what}, "

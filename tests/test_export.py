@@ -175,3 +175,6 @@ def test_cli_errors_are_one_line(run, tmp_path):
         proc = _cli(*args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+    # The destination is checked before the generator loads (a missing run is not even looked at).
+    proc = _cli("--workdir", str(tmp_path / "nothing"), "--format", "onnx", "--output", str(tmp_path / "f" / "m"))
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr, proc.stderr
