@@ -215,6 +215,12 @@ def _memory_limit_mb(override: float | None) -> float | None:
     return stats["bytes_limit"] / 2**20 if "bytes_limit" in stats else None
 
 
+def _is_case(case: str, kinds: tuple[str, ...]) -> bool:
+    """``case`` is ``KIND:BATCH`` with KIND in ``kinds`` and a positive whole BATCH."""
+    kind, _, batch = case.partition(":")
+    return kind in kinds and batch.isdigit() and int(batch) > 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for device_suite.json and device_suite.md")
@@ -234,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DTYPE:BATCH",
         help="the step stage's cases instead of the scale's dtypes x batches, e.g. bfloat16:8",
     )
+    parser.add_argument(
+        "--torch-cases",
+        nargs="+",
+        default=None,
+        metavar="IMPL:BATCH",
+        help="the torch stage's cases instead of the scale's, e.g. official:4 compiled:8",
+    )
     parser.add_argument("--no-max-batch", action="store_true", help="no largest-batch search (stage step_max)")
     args = parser.parse_args(argv)
     # One process shares the device with the PyTorch child: no preallocation (JAX grows its pool as it needs).
@@ -242,8 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
     scale = DRY_RUN if args.dry_run else DEVICE
+    for flag, cases, kinds in (
+        ("--step-cases", args.step_cases, ("bfloat16", "float32")),
+        ("--torch-cases", args.torch_cases, ("official", "strong", "compiled")),
+    ):
+        bad = [c for c in cases or () if not _is_case(c, kinds)]
+        if bad:
+            parser.error(f"{flag}: {' '.join(bad)} not of the form KIND:BATCH, KIND one of {', '.join(kinds)}")
     if args.step_cases:
         scale = dataclasses.replace(scale, step_cases=tuple(args.step_cases))
+    if args.torch_cases:
+        scale = dataclasses.replace(scale, torch_cases=tuple(args.torch_cases))
     if args.no_max_batch:
         scale = dataclasses.replace(scale, max_batch_cap=0)
     budget = args.budget_s if args.budget_s is not None else (1e9 if args.dry_run else 360.0)

@@ -202,6 +202,16 @@ def read_translations(folder: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
     return sets
 
 
+def _profile_summary(folder: pathlib.Path) -> dict[str, Any]:
+    """Where the traced steps spent device time (``benchmarks.profile_summary``); a failure is recorded, not raised."""
+    from benchmarks import profile_summary
+
+    try:
+        return profile_summary.summarize(folder, steps=PROFILE_STEPS[1] - PROFILE_STEPS[0] + 1)
+    except Exception as e:  # noqa: BLE001  (the translations matter more than the summary)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
     """The device side: train until the deadline, translate both test splits with both weights, write files."""
     import jax
@@ -236,6 +246,7 @@ def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
     state = loop.train_and_evaluate(config, workdir, on_log=on_log)
     trained_s = time.time() - start
     profile_files = len(list((workdir / "profile").rglob("*.xplane.pb")))
+    profile = _profile_summary(workdir / "profile") if profile_files else None
     step = int(jax.device_get(state.step))
     generator = state.config.generator
     sets = {}
@@ -285,6 +296,7 @@ def train_and_translate(args: argparse.Namespace) -> dict[str, Any]:
         "total_wall_s": round(time.time() - start, 1),
         "device": jax.devices()[0].device_kind,
         "profile_files": profile_files,
+        "profile": profile,
         "end_to_end": end_to_end(intervals, args.batch, args.suite_json, args.dtype, bool(config.profile_steps)),
         "last_log": logs[-1] if logs else None,
         "logs": logs[-40:],
@@ -327,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--no-sqrt-lr", dest="sqrt_lr", action="store_false", help="keep lr 2e-4 at any batch")
     parser.add_argument("--reserve-s", type=float, default=45.0, help="seconds kept for checkpoint and translations")
-    parser.add_argument("--startup-s", type=float, default=60.0, help="seconds of compile and data loading")
+    # 2026-12-04 on the H200: about 79 s from start to the end of the first step (data, state, compile; XLA's
+    # autotuning cache empty), so a 60 s guess left 174 of 655 planned steps, most of the decay, undone.
+    parser.add_argument("--startup-s", type=float, default=90.0, help="seconds of compile and data loading")
     parser.add_argument("--evaluate", type=pathlib.Path, default=None, help="at home: FID/KID of a brought-home folder")
     parser.add_argument("--crop-size", type=int, default=256, help="with --evaluate: the test transform's size")
     parser.add_argument("--dry-run", action="store_true", help="tiny networks on the synthetic pair, on the CPU")
