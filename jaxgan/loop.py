@@ -125,7 +125,8 @@ def train_and_evaluate(
     """Train (resuming from ``workdir`` when it holds checkpoints), then write the results page.
 
     ``on_log(step, metrics)``, if given, receives the mean metrics (and
-    ``images_per_s``) of every logging interval on process 0.
+    ``images_per_s``) of every logging interval on process 0: the steps up to each multiple of
+    ``log_every_steps``, the last step and a stop; a checkpoint inside an interval does not split it.
 
     Returns the final state. Raises :class:`TrainingDivergedError` on NaN/Inf,
     :class:`checkpoint.CheckpointError` for an incompatible run directory, :class:`ConfigError` for
@@ -212,21 +213,27 @@ def _train_and_evaluate(
     log_every = max(1, int(config.log_every_steps))
     sample_every = int(config.sample_every_steps)
     ckpt_every = int(config.checkpoint_every_steps)
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # on the devices, not yet fetched
+    fetched: list[dict[str, float]] = []  # on the host, checked, not yet in a log line
     last_good_step = start
 
-    def flush(step: int, elapsed: float, images: int) -> dict[str, float]:
-        """Fetch the buffered metrics (one host sync), check them, log their mean."""
+    def fetch(step: int) -> None:
+        """Fetch the buffered metrics (one host sync) and check them: before every checkpoint and log line."""
         nonlocal last_good_step
         watchdog.beat("fetching the metrics of step {step} (waiting for the devices to finish it)", step)
         host = [(s, {k: results.to_host(v) for k, v in m.items()}) for s, m in pending]
         pending.clear()
         for s, m in host:
             _check_finite(s, m)
+        fetched.extend(m for _, m in host)
         last_good_step = step
-        if not host:
+
+    def interval_mean(step: int, elapsed: float, images: int) -> dict[str, float]:
+        """The mean metrics of every step since the last log line (a checkpoint between them included)."""
+        if not fetched:
             return {}
-        mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
+        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        fetched.clear()
         mean["images_per_s"] = images / max(elapsed, 1e-9)
         if writer is not None:
             for k, v in mean.items():
@@ -280,9 +287,11 @@ def _train_and_evaluate(
                 watchdog.beat("checking for a stop signal after step {step} (with the other processes)", step)
                 stop = preempt.requested(step, sync=(step % log_every == 0) or do_ckpt or is_last)
                 if step % log_every == 0 or do_ckpt or stop or is_last:
-                    now = time.perf_counter()
-                    mean = flush(step, now - t_last, steps_since * int(config.batch_size))
+                    fetch(step)
                     watchdog.arm()  # past the compilations of the first steps (on every process)
+                if step % log_every == 0 or stop or is_last:
+                    now = time.perf_counter()
+                    mean = interval_mean(step, now - t_last, steps_since * int(config.batch_size))
                     t_last, steps_since = now, 0
                     if mean and main and on_log is not None:
                         on_log(step, mean)

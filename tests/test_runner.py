@@ -516,6 +516,20 @@ def test_profile_and_log_hook_and_ema_samples(tmp_path):
     assert state.ema and "<th align=left>weights</th><td>EMA</td>" in page
 
 
+def test_a_checkpoint_inside_a_log_interval_does_not_split_its_mean(tmp_path):
+    """The metrics are fetched and checked before each checkpoint, but reported over the whole interval."""
+    runs = {}
+    for every in (0, 3):
+        seen = []
+        config = tiny(num_train_steps=8, log_every_steps=4, checkpoint_every_steps=every, sample_every_steps=0)
+        loop.train_and_evaluate(config, tmp_path / f"ckpt{every}", on_log=lambda s, m, seen=seen: seen.append((s, m)))
+        runs[every] = seen
+    assert [s for s, _ in runs[3]] == [4, 8]  # no report at the checkpoints of steps 3 and 6
+    for (_, plain), (_, with_ckpt) in zip(runs[0], runs[3], strict=True):
+        for key in ("loss_g_total", "loss_d_a", "loss_cycle_a"):  # steps 1-4 and 5-8 in both runs
+            assert with_ckpt[key] == pytest.approx(plain[key], rel=1e-6)
+
+
 def test_prefetch_to_mesh_keeps_order_runs_ahead_and_closes_the_source():
     from jaxgan import parallel
 
