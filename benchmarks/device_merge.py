@@ -11,7 +11,9 @@ the full data set)::
 
 writes ``DIR/device_suite.json`` and ``DIR/device_suite.md`` (``benchmarks.device_report``'s table, its
 summary recomputed). Runs on different devices or JAX versions are refused: their numbers do not combine.
-Where two runs measured the same case, the first measurement is kept.
+Where two runs measured the same case, the first measurement is kept. To join two sessions (same image),
+give the newer session's files first, with its own ``quality.json``: the quality run's end-to-end factor
+is relative to its own session's ``bfloat16:8`` step, which must be the row the merged projection uses.
 """
 
 from __future__ import annotations

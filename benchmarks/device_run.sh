@@ -30,7 +30,8 @@ cp -r .devdata/xla_autotune/. "$CACHE"/
 echo "autotune cache: $(find "$CACHE" -type f | wc -l) entries at start"
 
 # The cases the 2026-12-04 session left unmeasured (benchmarks/results/2026-12-04-h200), after bfloat16:8, whose
-# rate plans the quality run; merge the two sessions' files with benchmarks.device_merge. SUITE_ARGS="" runs the
+# rate plans the quality run; merge the two sessions' files with benchmarks.device_merge, the newer first (its
+# bfloat16:8 row is the one its quality run's end-to-end factor was measured against). SUITE_ARGS="" runs the
 # suite's full default cases instead. (Not in a dry run: its tiny scale has other cases.)
 DEFAULT_GAPS="--step-cases bfloat16:8 float32:4 float32:16 --torch-cases official:4 strong:4 compiled:8"
 [ -n "$DRY_FLAG" ] && DEFAULT_GAPS=""

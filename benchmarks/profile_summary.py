@@ -12,6 +12,8 @@ Each kernel goes into one category by its name: ``conv`` (cuDNN/XLA convolutions
 cuBLASLt, Triton matmuls), ``fusion`` (XLA's elementwise and reduction fusions: instance norms, pads,
 activations, losses, Adam), ``copy`` (memcpy, memset, transposes, copies) and ``other``. On XLA:CPU a
 convolution fused with its neighbours is named as a fusion ("ynn_fusion"), so there the split is rough.
+``device_ms_per_step`` adds up kernel time: kernels that overlap on several streams count in full, so it
+can exceed the step's wall time; the shares are shares of kernel time.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from typing import Any
 
 # The first pattern that matches a kernel's name (lowercased) names its category.
 CATEGORIES = (
-    ("conv", re.compile(r"conv(?!ert)|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd")),  # not "convert"
-    ("gemm", re.compile(r"gemm|cublas|matmul|dot|cutlass")),
+    ("conv", re.compile(r"conv(?!er)|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd")),  # not "convert(sion)"
+    ("gemm", re.compile(r"gemm|cublas|matmul|dot|cutlass|splitk")),  # (cuBLAS's splitKreduce_kernel too)
     ("copy", re.compile(r"memcpy|memset|copy|transpose")),
     ("fusion", re.compile(r"fusion|reduce|loop_|input_|triton|broadcast|select|add|multiply")),
 )

@@ -54,17 +54,21 @@ SETS = (
 def plan_schedule(seconds: float, images_per_s: float, batch: int, images_per_epoch: int) -> dict[str, int]:
     """Steps that fit in ``seconds`` at ``images_per_s``, and whole epochs for the hold-then-decay schedule.
 
-    Half the epochs at the base rate, half decaying linearly to 0, as the paper's 100 + 100;
-    ``steps_per_epoch = ceil(images_per_epoch / batch)``; at least 2 epochs' worth of schedule.
+    The official linear rule (``optim.linear_decay_schedule``) reaches 0 in epoch
+    ``num_epochs + num_epochs_decay``: one epoch of 200 in the paper, but a quarter of a 4-epoch run. So the
+    schedule is planned one epoch longer than the ``R = ceil(steps / steps_per_epoch)`` epochs that run,
+    about half of it held, and every planned step trains (the last epoch at ``1 / (num_epochs_decay + 1)``
+    of the base rate). ``steps_per_epoch = ceil(images_per_epoch / batch)``; at least 2 epochs run.
     """
     steps_per_epoch = math.ceil(images_per_epoch / batch)
     steps = max(1, int(seconds * images_per_s / batch))
-    epochs = max(2, round(steps / steps_per_epoch))
+    schedule_epochs = max(2, math.ceil(steps / steps_per_epoch)) + 1
+    held = math.ceil(schedule_epochs / 2)
     return {
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
-        "num_epochs": epochs // 2,
-        "num_epochs_decay": epochs - epochs // 2,
+        "num_epochs": held,
+        "num_epochs_decay": schedule_epochs - held,
     }
 
 
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sqrt-lr", dest="sqrt_lr", action="store_false", help="keep lr 2e-4 at any batch")
     parser.add_argument("--reserve-s", type=float, default=45.0, help="seconds kept for checkpoint and translations")
     # 2026-12-04 on the H200: about 79 s from start to the end of the first step (data, state, compile; XLA's
-    # autotuning cache empty), so a 60 s guess left 174 of 655 planned steps, most of the decay, undone.
+    # autotuning cache empty), so a 60 s guess left 174 of 655 planned steps undone.
     parser.add_argument("--startup-s", type=float, default=90.0, help="seconds of compile and data loading")
     parser.add_argument("--evaluate", type=pathlib.Path, default=None, help="at home: FID/KID of a brought-home folder")
     parser.add_argument("--crop-size", type=int, default=256, help="with --evaluate: the test transform's size")

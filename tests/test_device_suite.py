@@ -2,6 +2,7 @@
 and the arithmetic behind their numbers."""
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -152,10 +153,17 @@ def test_quality_run_end_to_end_against_the_step_alone(tmp_path):
     assert "end_to_end_over_step" not in quality_gpu.end_to_end(logs, 8, None, "bfloat16")
 
 
-def test_plan_schedule_fits_the_time_and_halves_the_epochs():
+def test_plan_schedule_fits_the_time_halves_the_epochs_and_trains_every_step():
+    from jaxgan import optim
+
     plan = quality_gpu.plan_schedule(seconds=200, images_per_s=100, batch=8, images_per_epoch=1334)
     assert plan["steps"] == 2500 and plan["steps_per_epoch"] == 167
-    assert plan["num_epochs"] + plan["num_epochs_decay"] == 15 and plan["num_epochs"] == 7
+    assert plan["num_epochs"] + plan["num_epochs_decay"] == 16 and plan["num_epochs"] == 8  # 15 epochs run
+    for seconds, last_lr in ((200, 1 / 9), (13.4, 1.0), (30, 1 / 3), (61, 1 / 4)):  # 2500, 167, 375, 762 steps
+        plan = quality_gpu.plan_schedule(seconds=seconds, images_per_s=100, batch=8, images_per_epoch=1334)
+        lr = optim.linear_decay_schedule(1.0, plan["num_epochs"], plan["num_epochs_decay"], plan["steps_per_epoch"])
+        # The last planned step still learns, at a decayed rate once the run holds 2 epochs or more.
+        assert float(lr(0)) == 1.0 and float(lr(plan["steps"] - 1)) == pytest.approx(last_lr)
 
 
 def test_translations_round_trip_losslessly_and_drop_what_does_not_fit(tmp_path, monkeypatch):
@@ -199,3 +207,18 @@ def test_quality_run_dry_run_trains_to_the_deadline_and_writes_its_files(tmp_pat
     assert (out / "quality_grid.png").stat().st_size > 0
     sets = quality_gpu.read_translations(out)
     assert len(sets["ema/AtoB"]) == 4 and next(iter(sets["ema/AtoB"].values())).shape == (32, 32, 3)
+
+
+def test_case_flags_are_checked_and_the_device_scripts_gap_cases_run(tmp_path, capsys):
+    for flag, bad in (("--torch-cases", "fast:2"), ("--step-cases", "bf16:8"), ("--step-cases", "float32:0")):
+        with pytest.raises(SystemExit) as e:
+            device_suite.main(["--out", str(tmp_path), flag, bad])
+        assert e.value.code == 2 and f"{flag}: {bad} not of the form KIND:BATCH" in capsys.readouterr().err
+    # The cases device_run.sh hands the suite on the device: accepted, and in the scale the suite records.
+    script = (ROOT / "benchmarks" / "device_run.sh").read_text()
+    gaps = re.search(r'^DEFAULT_GAPS="([^"]*)"$', script, re.M).group(1).split()
+    assert device_suite.main(["--dry-run", "--out", str(tmp_path), "--stages", "env", *gaps]) == 0
+    scale = json.loads((tmp_path / "device_suite.json").read_text())["meta"]["scale"]
+    step_at, torch_at = gaps.index("--step-cases"), gaps.index("--torch-cases")
+    assert scale["step_cases"] == gaps[step_at + 1 : torch_at] and scale["torch_cases"] == gaps[torch_at + 1 :]
+    assert scale["step_cases"][0] == "bfloat16:8"  # first: its rate plans the quality run

@@ -25,6 +25,8 @@ from benchmarks import profile_summary, quality_gpu
         ("rng_bit_generator", "other"),
         ("convert_bitcast_fusion.73", "fusion"),  # "convert" is not a convolution
         ("tanh_convert_fusion", "fusion"),
+        ("__nv_static_conversion_kernel", "other"),
+        ("splitKreduce_kernel", "gemm"),
     ],
 )
 def test_kernel_names_fall_into_their_categories(name, expected):
