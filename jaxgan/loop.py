@@ -269,6 +269,7 @@ def _train_and_evaluate(
         with Preemption() as preempt, watchdog:
             while step < total_steps:
                 if profile and step + 1 == profile[0]:
+                    watchdog.beat("waiting for the devices to finish step {step} before the profiled steps", step)
                     jax.block_until_ready(state)  # the steps queued before the range stay out of the trace
                     tracing = _start_trace(workdir / "profile")
                 watchdog.beat("waiting for the input pipeline's batch of step {step}", step + 1)
