@@ -44,7 +44,8 @@ def merge_rows(row_lists: list[list[dict[str, Any]]], key: tuple[str, ...]) -> l
     merged: dict[tuple, dict[str, Any]] = {}
     for rows in row_lists:
         for row in rows:
-            k = tuple(row.get(f) for f in key)
+            # The largest batch that fits is one case per dtype, whatever batch each run's search found.
+            k = (row.get("dtype"), "largest") if row.get("largest_that_fits") else tuple(row.get(f) for f in key)
             if k not in merged or (_measured(row) and not _measured(merged[k])):
                 merged[k] = row
     return list(merged.values())

@@ -31,7 +31,11 @@ def _runs():
         "step": {
             "size": 256,
             "nets": [64, 9, 64],
-            "rows": [_step("bfloat16", 8, 80.0), _step("bfloat16", 16, skipped="time budget")],
+            "rows": [
+                _step("bfloat16", 8, 80.0),
+                _step("bfloat16", 16, skipped="time budget"),
+                {**_step("bfloat16", 104, skipped="time budget"), "largest_that_fits": True},
+            ],
         },
         "torch": {
             "rows": [
@@ -47,7 +51,11 @@ def _runs():
         "step": {
             "size": 256,
             "nets": [64, 9, 64],
-            "rows": [_step("bfloat16", 16, 100.0), _step("bfloat16", 8, 40.0)],  # 8 measured again: not kept
+            "rows": [
+                _step("bfloat16", 16, 100.0),
+                _step("bfloat16", 8, 40.0),  # measured again: not kept
+                {**_step("bfloat16", 96, 800.0), "largest_that_fits": True},  # this run's search found 96
+            ],
         },
     }
     third = {
@@ -63,7 +71,8 @@ def test_merge_fills_gaps_keeps_first_measurements_and_recomputes_the_summary():
     rows = {(r["dtype"], r["batch"]): r for r in merged["step"]["rows"]}
     assert rows[("bfloat16", 8)]["ms"] == 80.0  # the first measurement of a case is kept
     assert rows[("bfloat16", 16)]["ms"] == 100.0  # a skipped case filled by the later run
-    assert [r["batch"] for r in merged["step"]["rows"]] == [8, 16]  # order of first appearance
+    assert [r["batch"] for r in merged["step"]["rows"]] == [8, 16, 96]  # order of first appearance
+    assert merged["step"]["rows"][2]["largest_that_fits"] and merged["step"]["rows"][2]["ms"] == 800.0
     assert merged["torch"]["rows"][1]["skipped"] == "time budget"  # still a gap: measured nowhere
     assert merged["stages"]["step"] == {"status": "ok", "seconds": 190.0, "runs": 2}
     assert merged["correctness"] == {"ok": True} and merged["summary"]["correctness_ok"] is True
