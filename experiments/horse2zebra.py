@@ -77,7 +77,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
             flag = message.partition(": Error whilst parsing")[0].removeprefix("flag ")
             print(f"error: {flag}: {[ln.strip() for ln in message.splitlines() if ln.strip()][-1]}", file=sys.stderr)
             sys.exit(2)
-    return app.parse_flags_with_usage(argv)  # any other error: absl's message (it fails the same way)
+        # This error, not a second parse's: parsing again registers each --config.X override twice, and
+        # absl would then report "flag 'config.X' is defined twice" instead of what is wrong.
+        print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _config_or_error() -> tuple[object | None, str | None]:

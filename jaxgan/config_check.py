@@ -37,14 +37,21 @@ def _int(low: int | None = None) -> Callable[[Any], str | None]:
 
 
 def _num(
-    low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = True
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+    finite: bool = True,
 ) -> Callable:
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
-    span = f"a number in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    kind = "a finite number" if finite else "a number"
+    span = f"{kind} in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
 
     def rule(v: Any) -> str | None:
         if not _is_num(v) or v != v:  # NaN fails too
+            return span
+        if finite and v in (float("inf"), float("-inf")):  # e.g. lr=inf: diverges only at the first step
             return span
         if low is not None and (v < low or (low_open and v == low)):
             return span
@@ -145,7 +152,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "results_max_images": _int(0),
         "results_fid": _bool,
         "profile_steps": _profile,
-        "stall_timeout_s": _num(0.0, None),
+        "stall_timeout_s": _num(0.0, None, finite=False),  # inf: never
     }
 
 

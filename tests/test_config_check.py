@@ -22,13 +22,15 @@ def test_shipped_configs_are_valid(variant):
     [
         ("gan_mode", "wgan", "one of 'lsgan', 'vanilla', 'hinge'"),
         ("model.dtype", "float64", "one of 'float32', 'bfloat16', 'float16'"),
-        ("lr", -1.0, "a number in (0.0, inf)"),
+        ("lr", -1.0, "a finite number in (0.0, inf)"),
         ("num_epochs", -3, "an integer >= 0"),
         ("batch_size", 0, "an integer >= 1"),
         ("batch_size", 2.5, "an integer"),
-        ("beta1", 1.0, "a number in [0.0, 1.0)"),
-        ("ema_decay", 1.5, "a number in [0.0, 1.0)"),
-        ("lr", float("nan"), "a number in (0.0, inf)"),
+        ("beta1", 1.0, "a finite number in [0.0, 1.0)"),
+        ("ema_decay", 1.5, "a finite number in [0.0, 1.0)"),
+        ("lr", float("nan"), "a finite number in (0.0, inf)"),
+        ("lr", float("inf"), "a finite number in (0.0, inf)"),  # not only at the first step
+        ("lambda_cycle", float("inf"), "a finite number in [0.0, inf)"),
         ("model.conv_impl", "fast", "one of auto, native, cpu"),
         ("flip", "yes", "True or False"),
         ("dataset", "folder:", "'synthetic', 'folder:PATH'"),
@@ -115,3 +117,9 @@ def test_the_command_refuses_a_missing_config_file_a_misspelled_field_or_variant
     empty = run("--workdir=", cwd=tmp_path / "cwd")  # an unset $WORKDIR in a script
     assert empty.returncode != 0 and "--workdir is empty" in empty.stderr
     assert not list((tmp_path / "cwd").iterdir())  # no run written into the current folder
+
+
+def test_an_infinite_stall_timeout_means_never():
+    config = horse2zebra.get_config()
+    config.stall_timeout_s = float("inf")
+    assert config_check.problems(config) == []

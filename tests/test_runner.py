@@ -429,8 +429,14 @@ def test_training_cli_unknown_flag_and_missing_workdir():
     assert unknown.returncode != 0 and "Unknown command line flag 'bogus_flag'" in unknown.stderr
     no_workdir = run("--config=experiments/configs/horse2zebra.py:tiny")
     assert no_workdir.returncode != 0 and "--workdir" in no_workdir.stderr
-    for p in (unknown, no_workdir):
-        assert "Traceback" not in p.stderr
+    # With a --config.X override on the line, the error named is still the real one.
+    tiny_config = "--config=experiments/configs/horse2zebra.py:tiny"
+    bad_value = run(tiny_config, "--workdir=/tmp/x", "--config.num_train_steps=2", "--config.batch_size=abc")
+    assert bad_value.returncode == 2 and "config.batch_size" in bad_value.stderr and "abc" in bad_value.stderr
+    no_workdir_override = run(tiny_config, "--config.num_train_steps=2")
+    assert no_workdir_override.returncode == 2 and "--workdir" in no_workdir_override.stderr
+    for p in (unknown, no_workdir, bad_value, no_workdir_override):
+        assert "Traceback" not in p.stderr and "defined twice" not in p.stderr, p.stderr
 
 
 def test_results_mode_rewrites_the_page_from_the_runs_own_config(uninterrupted, tmp_path):
