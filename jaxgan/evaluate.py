@@ -288,15 +288,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("--kid_subset_size", args.kid_subset_size, 2)):  # fmt: skip
         if value < least:
             parser.error(f"{flag} must be at least {least}, got {value}")
+    if args.load_size < 0:
+        parser.error(f"--load_size must be 0 (keep each image's size) or a size in pixels, got {args.load_size}")
+    if args.json and os.path.isdir(args.json):
+        parser.error(f"--json {args.json} is a folder; give a file name, e.g. {os.path.join(args.json, 'eval.json')}")
     if args.json:  # checked before minutes of work, not after
         try:
             output_files.writable_folder(os.path.dirname(os.path.abspath(args.json)), EvaluationError)
         except EvaluationError as e:
             parser.error(f"--json: {e}")
+    folder_mode = [f"--{f}" for f in ("real", "fake", "checkpoint", "source", "truth") if getattr(args, f)]
+    if args.workdir and folder_mode:
+        parser.error(f"--workdir evaluates a training run's checkpoints on its own test splits; it does not take "
+                     f"{', '.join(folder_mode)} (give those without --workdir)")  # fmt: skip
     if args.workdir:
         return _main_workdir(args)
-    if args.dataset:
-        parser.error("--dataset goes with --workdir (the folders of the other modes are given directly)")
+    run_only = {
+        "--step": args.step is not None,
+        "--all_checkpoints": args.all_checkpoints,
+        "--weights": args.weights != "ema",
+        "--dataset": bool(args.dataset),
+    }
+    if any(run_only.values()):
+        given = ", ".join(flag for flag, on in run_only.items() if on)
+        parser.error(f"{given}: only with --workdir (a training run); the other modes take their folders directly")
+    if args.source and not args.checkpoint:
+        parser.error("--source goes with --checkpoint (the generator that translates it)")
     if bool(args.fake) == bool(args.checkpoint):
         parser.error("give exactly one of --fake (a folder) or --checkpoint (with --source)")
     if args.checkpoint and not args.source:

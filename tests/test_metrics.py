@@ -236,10 +236,18 @@ def test_evaluate_cli_reports_l1_without_weights(monkeypatch, tmp_path, capsys):
     assert "jaxgan[fid]" in capsys.readouterr().err
     # Bad numbers and a --json that cannot be written: usage errors (exit 2) before any image is read.
     (tmp_path / "afile").write_text("x")
-    for extra in (["--kid_subsets", "0"], ["--batch_size", "0"], ["--json", str(tmp_path / "afile" / "r.json")]):
+    for extra in (["--kid_subsets", "0"], ["--batch_size", "0"], ["--json", str(tmp_path / "afile" / "r.json")],
+                  ["--json", str(tmp_path / "real")], ["--load_size", "-5"],
+                  ["--step", "5"], ["--all_checkpoints"], ["--weights", "raw"],  # only with --workdir
+                  ["--source", str(tmp_path / "real")]):  # only with --checkpoint  # fmt: skip
         with pytest.raises(SystemExit) as e:
             evaluate.main([*args, *extra])
-        assert e.value.code == 2 and extra[0] in capsys.readouterr().err
+        assert e.value.code == 2 and extra[0] in capsys.readouterr().err, extra
+    # --workdir evaluates a run: the folder modes' flags beside it are refused, not silently ignored.
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--workdir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "does not take --real, --fake, --truth" in err
     # An unreadable image: a one-line error naming it.
     (tmp_path / "fake" / "003.png").write_bytes(b"not a png")
     assert evaluate.main(args) == 1
