@@ -255,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
     scale = DRY_RUN if args.dry_run else DEVICE
+    from benchmarks import torch_reference  # its modes (it imports torch inside its functions only)
+
     for flag, cases, kinds in (
         ("--step-cases", args.step_cases, ("bfloat16", "float32")),
-        ("--torch-cases", args.torch_cases, ("official", "strong", "compiled")),
+        ("--torch-cases", args.torch_cases, torch_reference.MODES),
     ):
         bad = [c for c in cases or () if not _is_case(c, kinds)]
         if bad:

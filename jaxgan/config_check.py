@@ -7,6 +7,7 @@ minutes of data loading. Each rule states its field, what it accepts, and what i
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from collections.abc import Callable
@@ -51,7 +52,7 @@ def _num(
     def rule(v: Any) -> str | None:
         if not _is_num(v) or v != v:  # NaN fails too
             return span
-        if finite and v in (float("inf"), float("-inf")):  # e.g. lr=inf: diverges only at the first step
+        if finite and math.isinf(v):  # e.g. lr=inf: diverges only at the first step
             return span
         if low is not None and (v < low or (low_open and v == low)):
             return span

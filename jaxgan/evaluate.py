@@ -290,11 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{flag} must be at least {least}, got {value}")
     if args.load_size < 0:
         parser.error(f"--load_size must be 0 (keep each image's size) or a size in pixels, got {args.load_size}")
-    if args.json and os.path.isdir(args.json):
-        parser.error(f"--json {args.json} is a folder; give a file name, e.g. {os.path.join(args.json, 'eval.json')}")
     if args.json:  # checked before minutes of work, not after
         try:
-            output_files.writable_folder(os.path.dirname(os.path.abspath(args.json)), EvaluationError)
+            output_files.writable_file(args.json, "eval.json", EvaluationError)
         except EvaluationError as e:
             parser.error(f"--json: {e}")
     folder_mode = [f"--{f}" for f in ("real", "fake", "checkpoint", "source", "truth") if getattr(args, f)]

@@ -201,11 +201,7 @@ def check_output(fmt: str, output: str | os.PathLike) -> pathlib.Path:
     """``output`` as a path, if ``fmt`` is known and a file can be written there; else ``ExportError``."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    output = pathlib.Path(output)
-    if output.is_dir():
-        raise ExportError(f"--output {output} is a folder; give a file name, e.g. {output / ('model.' + fmt)}")
-    output_files.writable_folder(output.parent, ExportError)
-    return output
+    return output_files.writable_file(output, f"model.{fmt}", ExportError, "--output")
 
 
 def load_generator(

@@ -286,12 +286,13 @@ def _train_and_evaluate(
                 pending.append((step, metrics))
                 is_last = step == total_steps
                 do_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or is_last
+                at_log = step % log_every == 0 or is_last
                 watchdog.beat("checking for a stop signal after step {step} (with the other processes)", step)
-                stop = preempt.requested(step, sync=(step % log_every == 0) or do_ckpt or is_last)
-                if step % log_every == 0 or do_ckpt or stop or is_last:
+                stop = preempt.requested(step, sync=at_log or do_ckpt)
+                if at_log or do_ckpt or stop:
                     fetch(step)
                     watchdog.arm()  # past the compilations of the first steps (on every process)
-                if step % log_every == 0 or stop or is_last:
+                if at_log or stop:
                     now = time.perf_counter()
                     mean = interval_mean(step, now - t_last, steps_since * int(config.batch_size))
                     t_last, steps_since = now, 0

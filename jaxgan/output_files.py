@@ -53,6 +53,18 @@ def writable_folder(folder: str | os.PathLike, error: type[Exception] = OSError)
     return folder
 
 
+def writable_file(
+    path: str | os.PathLike, example: str, error: type[Exception] = OSError, flag: str = ""
+) -> pathlib.Path:
+    """``path`` as a file to write: ``error`` if it is a folder (naming ``path / example`` as a file name to
+    give instead, after ``flag``, e.g. ``--output``), or if its folder cannot take a file (created if missing)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise error(f"{flag + ' ' if flag else ''}{path} is a folder; give a file name, e.g. {path / example}")
+    writable_folder(path.parent, error)
+    return path
+
+
 def write_atomically(
     path: str | os.PathLike, write: Callable[[pathlib.Path], None], error: type[Exception] = OSError
 ) -> None:
